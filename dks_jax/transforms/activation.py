@@ -1,0 +1,136 @@
+"""``TransformedActivation``: a solved activation that knows its parameters and its kernel maps."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from dks_jax import activations
+from dks_jax.kernels import graph as graph_lib
+from dks_jax.kernels import local_maps
+
+PARAM_KEYS = ("input_scale", "input_shift", "output_shift", "output_scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformedActivation:
+    """``phi_hat(x) = output_scale * (phi(input_scale * x + input_shift; shape) + output_shift)``.
+
+    Frozen and hashable, so it can be a static argument of ``jax.jit`` and a Haiku module field.
+
+    Attributes:
+      name: Registered activation family ``phi``.
+      method: How the parameters were chosen: 'DKS', 'TAT', 'EOC' or 'untransformed'.
+      input_scale: ``alpha``.
+      input_shift: ``beta``.
+      output_shift: ``delta``.
+      output_scale: ``gamma``.
+      shape_params: The family's shape parameters as ``((name, value), ...)``, e.g. the negative slope.
+      local_targets: What the solver aimed for, e.g. ``(("c_slope_1", 1.0083...),)``; for reporting.
+      param_keys: Keys of the parameter dict the public ``dks`` package would return for this method
+        (only these appear in ``as_dict()``).
+    """
+
+    name: str
+    method: str = "untransformed"
+    input_scale: float = 1.0
+    input_shift: float = 0.0
+    output_shift: float = 0.0
+    output_scale: float = 1.0
+    shape_params: tuple[tuple[str, float], ...] = ()
+    local_targets: tuple[tuple[str, float], ...] = ()
+    param_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def untransformed(cls, name: str) -> "TransformedActivation":
+        """The family's own function with its default shape parameters."""
+        spec = activations.get_activation(name)
+        return cls(name=name, shape_params=tuple((k, float(v)) for k, v in spec.shape_params.items()))
+
+    @property
+    def spec(self) -> activations.ActivationSpec:
+        return activations.get_activation(self.name)
+
+    @property
+    def shape_names(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.shape_params)
+
+    @property
+    def theta(self) -> np.ndarray:
+        """Parameters as the vector ``(alpha, beta, delta, gamma, *shape)`` of ``local_maps``."""
+        return local_maps.make_theta(self.input_scale, self.input_shift, self.output_shift,
+                                     self.output_scale, [v for _, v in self.shape_params])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Python floats are weakly typed in JAX, so bfloat16/float32 inputs keep their dtype.
+        y = self.spec.fn(self.input_scale * x + self.input_shift, **dict(self.shape_params))
+        return self.output_scale * (y + self.output_shift)
+
+    def as_dict(self) -> dict[str, float]:
+        """The parameters under the keys of the public ``dks`` package (``get_activation_params``)."""
+        values = {**dict(zip(PARAM_KEYS, self.theta[:4].tolist())), **dict(self.shape_params)}
+        return {key: float(values[key]) for key in self.param_keys}
+
+    # ------------------------------------------------------------------------------------------
+    # Kernel maps (float64).
+
+    def _closed_form_slope(self) -> float | None:
+        """Negative slope when the C map has the Leaky ReLU closed form (no shifts), else None."""
+        spec = self.spec
+        if not spec.piecewise_linear or self.input_shift != 0.0 or self.output_shift != 0.0:
+            return None
+        return float(dict(self.shape_params).get("negative_slope", 0.0))
+
+    def local_moments(self) -> dict[str, float]:
+        """Q(1), Q'(1), C(0), C'(0), C'(1), C''(1) and E[phi] at unit input q, as floats."""
+        with jax.enable_x64(True):
+            m = local_maps.local_moments(self.spec, self.shape_names, self.theta)
+            out = {k: float(v) for k, v in m._asdict().items()}
+        if self.spec.piecewise_linear:
+            a = self._closed_form_slope()
+            # The second derivative of a kinked function is a Dirac delta: C''(1) is infinite.
+            out["c_curv_1"] = 0.0 if a == 1.0 else float("inf")
+        return out
+
+    def q_map(self, q: Any, derivative: int = 0) -> np.ndarray:
+        """The local Q map (or its slope) at ``q``."""
+        with jax.enable_x64(True):
+            return np.asarray(local_maps.q_map(self.spec, self.shape_names, self.theta,
+                                               np.asarray(q, np.float64), derivative=derivative))
+
+    def c_map(self, c: Any, derivative: int = 0) -> np.ndarray:
+        """The local C map (or its first/second derivative) at ``c``; closed form when one exists."""
+        c = np.asarray(c, np.float64)
+        slope = self._closed_form_slope()
+        if slope is not None:
+            return np.asarray(local_maps.leaky_relu_c_map(c, slope, derivative))
+        with jax.enable_x64(True):
+            return np.asarray(local_maps.c_map(self.spec, self.shape_names, self.theta, c,
+                                               derivative=derivative))
+
+    def network_c_map(self, network: graph_lib.Node, c: Any) -> np.ndarray:
+        """The whole network's C map at ``c``: the local map composed through the kernel graph.
+
+        The local map is tabulated once on a fine grid and interpolated with a cubic Hermite spline
+        (exact slopes from ``C'``), so deep networks cost one 2D quadrature, not one per layer.
+        """
+        c = np.asarray(c, np.float64)
+        return np.asarray(graph_lib.propagate(network, c, self._interpolated_c_map()))
+
+    def _interpolated_c_map(self):
+        slope = self._closed_form_slope()
+        if slope is not None:
+            return lambda x: local_maps.leaky_relu_c_map(np.clip(x, -1.0, 1.0), slope)
+        grid = np.linspace(-1.0, 1.0, 401)
+        values, slopes = self.c_map(grid), self.c_map(grid, derivative=1)
+        from scipy.interpolate import CubicHermiteSpline  # local: scipy is only needed here
+        spline = CubicHermiteSpline(grid, values, slopes)
+        return lambda x: spline(np.clip(x, -1.0, 1.0))
+
+    def describe(self) -> Mapping[str, Any]:
+        """Everything worth printing about this activation (parameters and local map values)."""
+        return {"name": self.name, "method": self.method, **self.as_dict(),
+                **{f"target_{k}": v for k, v in self.local_targets}, **self.local_moments()}
