@@ -253,6 +253,19 @@ def subnet_max_func(node: Node) -> Callable[[float, ScalarMap], float]:
     return m
 
 
+def trace(network: Sequential, x, r: ScalarMap) -> list:
+    """The kernel value after each top-level layer of ``network`` (for layer-by-layer diagnostics).
+
+    The Haiku builder in ``dks_jax.nets`` records its activations at the same points, so entry ``i`` here
+    is the prediction for the ``i``-th recorded activation there.
+    """
+    values = []
+    for layer in network.layers:
+        x = propagate(layer, x, r)
+        values.append(x)
+    return values
+
+
 def count_nonlinear_layers(node: Node) -> int:
     """Nonlinear layers on the longest path through the network (its "depth" for the kernel)."""
     return _longest(node)
