@@ -83,3 +83,16 @@ def test_pipeline_normalization_order():
     np.testing.assert_allclose(standardized, 2.0)
     with_pln = data.normalize_images(images, data.Normalization(pln_mode="none"))
     np.testing.assert_allclose(with_pln, 1.0)
+
+
+def test_on_device_normalization_matches_the_host_pipeline():
+    dataset = data.get_dataset("synthetic", "train", num_examples=32, image_shape=(6, 5, 3))
+    norm = data.default_normalization("cifar10", pln_mode="avg_q")
+    host = data.train_batch(dataset, 2, global_batch_size=8, seed=0, augment=data.PadCropFlip(),
+                            normalization=norm)
+    raw = data.train_batch(dataset, 2, global_batch_size=8, seed=0, augment=data.PadCropFlip(),
+                           normalization=None)
+    assert raw["image"].dtype == np.uint8 and raw["image"].shape == (8, 6, 5, 3)
+    on_device = jax.jit(lambda im: data.normalize_images(im, norm))(jnp.asarray(raw["image"]))
+    assert on_device.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(on_device), host["image"], rtol=1e-5, atol=1e-5)

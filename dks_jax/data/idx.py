@@ -55,7 +55,8 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
             whose size does not match the header.
     """
     if len(data) < 4:
-        raise errors.MalformedDatasetError(f"{source}: {len(data)} bytes is too short for an IDX header")
+        raise errors.MalformedDatasetError(
+            f"{source}: {len(data)} bytes is too short for an IDX header")
     zero0, zero1, type_code, ndim = struct.unpack(">BBBB", data[:4])
     if zero0 or zero1 or type_code not in _IDX_DTYPES:
         raise errors.MalformedDatasetError(

@@ -62,7 +62,8 @@ def load_idx_split(name: str, folders: list[pathlib.Path], split: str,
             f"{labels_path}: expected 1-D uint8 labels, got {labels.ndim}-D {labels.dtype}")
     if len(images) != len(labels):
         raise errors.MalformedDatasetError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+            f"{images_path} holds {len(images)} images but {labels_path} holds "
+            f"{len(labels)} labels")
     if len(labels) and labels.max() >= num_classes:
         raise errors.MalformedDatasetError(f"{labels_path}: label {labels.max()} >= {num_classes}")
     return images[..., None], labels.astype(np.int32)

@@ -18,6 +18,8 @@ last padded up to B with copies of example 0 that carry `mask` 0.
 Batches are dicts of numpy arrays:
   train: {"image": float32 [B/P, H, W, C'], "label": int32 [B/P]}
   eval:  the same plus "mask": float32 [B/P] (1 real example, 0 padding).
+With `normalization=None` "image" stays uint8 [B/P, H, W, C] (augmented), a
+quarter of the bytes to transfer, and `normalize_images` can run on device.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterable
 import functools
 import itertools
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,6 +38,8 @@ from dks_jax.data import normalize as normalize_lib
 from dks_jax.data import prefetch as prefetch_lib
 
 Batch = dict[str, np.ndarray]
+NormalizationOrNone = Optional[normalize_lib.Normalization]
+_DEFAULT_NORMALIZATION = normalize_lib.Normalization()
 
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
@@ -142,17 +146,18 @@ def train_indices(step: int, *, num_examples: int, global_batch_size: int,
 
 def _finish(images: np.ndarray | list, labels: np.ndarray, params: augment_lib.Params,
             augment: augment_lib.Augmenter | None,
-            normalization: normalize_lib.Normalization) -> Batch:
+            normalization: NormalizationOrNone) -> Batch:
     augmenter = augment if augment is not None else augment_lib.Identity()
     images = augmenter.apply(images, params)
-    return {"image": normalize_lib.normalize_images(images, normalization),
-            "label": labels.astype(np.int32, copy=False)}
+    if normalization is not None:
+        images = normalize_lib.normalize_images(images, normalization)
+    return {"image": images, "label": labels.astype(np.int32, copy=False)}
 
 
 def train_batch(dataset: dataset_lib.Dataset, step: int, *, global_batch_size: int, seed: int,
                 process_index: int = 0, process_count: int = 1,
                 augment: augment_lib.Augmenter | None = None,
-                normalization: normalize_lib.Normalization = normalize_lib.Normalization()
+                normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION
                 ) -> Batch:
     """Builds this host's part of global training batch `step`; pure in its arguments.
 
@@ -164,7 +169,8 @@ def train_batch(dataset: dataset_lib.Dataset, step: int, *, global_batch_size: i
         process_index: This host's index.
         process_count: Number of hosts.
         augment: Augmentation (None for none).
-        normalization: uint8 -> float recipe.
+        normalization: uint8 -> float recipe; None keeps uint8 images (normalize
+            on device with `normalize_images` inside the jitted step).
 
     Returns:
         {"image": float32 [B/P, H, W, C'], "label": int32 [B/P]}.
@@ -184,7 +190,7 @@ def train_batch(dataset: dataset_lib.Dataset, step: int, *, global_batch_size: i
 def eval_batch(dataset: dataset_lib.Dataset, index: int, *, global_batch_size: int,
                process_index: int = 0, process_count: int = 1,
                transform: augment_lib.Augmenter | None = None,
-               normalization: normalize_lib.Normalization = normalize_lib.Normalization()
+               normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION
                ) -> Batch:
     """Builds this host's part of evaluation batch `index` (examples in order).
 
@@ -197,7 +203,8 @@ def eval_batch(dataset: dataset_lib.Dataset, index: int, *, global_batch_size: i
         transform: Deterministic transform (e.g. ResizeCenterCrop) or None; its
             `sample` is called with a fixed generator, so random ones stay
             deterministic too.
-        normalization: uint8 -> float recipe.
+        normalization: uint8 -> float recipe; None keeps uint8 images (normalize
+            on device with `normalize_images` inside the jitted step).
 
     Returns:
         {"image", "label", "mask"}; padding rows repeat example 0 with mask 0.
@@ -269,7 +276,7 @@ def train_iterator(dataset: dataset_lib.Dataset, *, global_batch_size: int, seed
                    start_step: int = 0, num_steps: int | None = None,
                    process_index: int = 0, process_count: int = 1,
                    augment: augment_lib.Augmenter | None = None,
-                   normalization: normalize_lib.Normalization = normalize_lib.Normalization(),
+                   normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION,
                    prefetch: int = 2,
                    transfer_fn: Callable[[Batch], Any] | None = None) -> BatchIterator:
     """Training batches for steps start_step, start_step + 1, ... (see module doc).
@@ -283,7 +290,8 @@ def train_iterator(dataset: dataset_lib.Dataset, *, global_batch_size: int, seed
         process_index: This host's index (e.g. `jax.process_index()`).
         process_count: Number of hosts (e.g. `jax.process_count()`).
         augment: Augmentation or None.
-        normalization: uint8 -> float recipe.
+        normalization: uint8 -> float recipe; None keeps uint8 images (normalize
+            on device with `normalize_images` inside the jitted step).
         prefetch: Batches prepared ahead in a background thread.
         transfer_fn: Applied to each batch in the background thread.
 
@@ -304,7 +312,7 @@ def train_iterator(dataset: dataset_lib.Dataset, *, global_batch_size: int, seed
 def eval_iterator(dataset: dataset_lib.Dataset, *, global_batch_size: int,
                   process_index: int = 0, process_count: int = 1,
                   transform: augment_lib.Augmenter | None = None,
-                  normalization: normalize_lib.Normalization = normalize_lib.Normalization(),
+                  normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION,
                   prefetch: int = 2,
                   transfer_fn: Callable[[Batch], Any] | None = None) -> BatchIterator:
     """One ordered pass over `dataset` in padded, masked batches (see module doc).
@@ -315,7 +323,8 @@ def eval_iterator(dataset: dataset_lib.Dataset, *, global_batch_size: int,
         process_index: This host's index.
         process_count: Number of hosts.
         transform: Deterministic transform for variable-size images, or None.
-        normalization: uint8 -> float recipe.
+        normalization: uint8 -> float recipe; None keeps uint8 images (normalize
+            on device with `normalize_images` inside the jitted step).
         prefetch: Batches prepared ahead in a background thread.
         transfer_fn: Applied to each batch in the background thread.
 

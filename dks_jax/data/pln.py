@@ -20,7 +20,7 @@ _MODE_ALIASES = {"const": "const", "one": "const", "avg_q": "avg_q", "none": "no
 HOMOG_MODES = ("const", "avg_q", "none")
 
 
-def _array_module(x: Any):
+def array_module(x: Any):
     """Returns numpy for numpy inputs and jax.numpy for jax arrays/tracers."""
     if isinstance(x, (np.ndarray, np.generic, list, tuple, float, int)):
         return np
@@ -69,7 +69,7 @@ def per_location_normalization(x: Any, homog_mode: str = "const", *,
         every non-zero location.
     """
     mode = _canonical_mode(homog_mode)
-    xp = _array_module(x)
+    xp = array_module(x)
     x = xp.asarray(x)
     if not xp.issubdtype(x.dtype, xp.floating):
         x = x.astype(xp.float32)
@@ -86,6 +86,7 @@ def per_location_normalization(x: Any, homog_mode: str = "const", *,
         homog = None
     if homog is not None:
         x = xp.concatenate([x, homog.astype(x.dtype)], axis=-1)
-    q = xp.mean(xp.square(x), axis=-1, keepdims=True)
+    # einsum avoids numpy's slow reductions over a short trailing axis (~2x faster).
+    q = xp.einsum("...c,...c->...", x, x)[..., None] / x.shape[-1]
     # Divide zero vectors by 1 (leaving them zero) rather than by 0.
     return x / xp.sqrt(xp.where(q > 0, q, xp.ones_like(q)))
