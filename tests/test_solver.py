@@ -1,0 +1,293 @@
+"""The DKS/TAT solver against published values, independent re-measurement and bad input."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+
+import dks_jax
+from dks_jax import activations
+from dks_jax.kernels import graph as g
+from dks_jax.kernels import layouts, local_maps
+from dks_jax.transforms import solver
+
+# ../shared/REFERENCE.md: TAT Leaky ReLU, eta = 0.9, vanilla ResNet-shaped nets.
+PUBLISHED_TAT = {50: (0.4259071946, 1.3011191752), 101: (0.5704395324, 1.2284042441),
+                 152: (0.6386479139, 1.1918827707), 200: (0.6789062172, 1.1700454285)}
+PUBLISHED_ETA_SWEEP_101 = {0.5: 0.7927, 0.7: 0.717, 0.8: 0.662, 0.9: 0.5704, 0.95: 0.4763, 0.98: 0.3405}
+PUBLISHED_DKS_SLOPES = {49: 1.00830913, 100: 1.00406288, 151: 1.00268881, 199: 1.00203959}
+RESNET101_W06 = layouts.resnet(101, 1000, shortcut_weight=0.6)
+
+
+def _sig_digits_equal(a, b, digits):
+    return abs(a - b) <= 0.5 * 10 ** (math.floor(math.log10(abs(b))) - digits + 1)
+
+
+@pytest.mark.parametrize("depth", sorted(PUBLISHED_TAT))
+def test_published_tat_leaky_relu_values(depth):
+    slope, scale = PUBLISHED_TAT[depth]
+    for network in (layouts.resnet(depth, 1000), layouts.plain_stack(depth - 1)):
+        act = dks_jax.transform("leaky_relu", "TAT", network=network)
+        # The published values have 10 decimals; agree to all of them (>= 9 significant digits).
+        assert abs(act.as_dict()["negative_slope"] - slope) < 6e-11
+        assert abs(act.as_dict()["output_scale"] - scale) < 6e-11
+
+
+def test_published_eta_sweep_at_depth_101():
+    net = layouts.resnet(101, 1000)
+    for eta, slope in PUBLISHED_ETA_SWEEP_101.items():
+        act = dks_jax.transform("leaky_relu", "TAT", network=net, tat=dks_jax.TATTargets(c_val_0_target=eta))
+        digits = len(str(slope).split(".")[1])
+        assert round(act.as_dict()["negative_slope"], digits) == pytest.approx(slope, abs=1e-12)
+
+
+@pytest.mark.parametrize("layers", sorted(PUBLISHED_DKS_SLOPES))
+def test_published_dks_local_slopes(layers):
+    s = solver.local_c_slope_target(g.subnet_max_func(layouts.plain_stack(layers)), 1.5)
+    assert round(s, 8) == pytest.approx(PUBLISHED_DKS_SLOPES[layers], abs=1e-12)
+    assert s == pytest.approx(1.5 ** (1 / layers), rel=1e-9)
+    act = dks_jax.transform("softplus", "DKS", network=layouts.plain_stack(layers))
+    assert act.local_moments()["c_slope_1"] == pytest.approx(s, abs=1e-10)
+
+
+@pytest.mark.parametrize("method,name,targets,expected", [
+    ("TAT", "leaky_relu", dict(tat=solver.TATTargets(c_val_0_target=0.75)),
+     {"negative_slope": 0.6291800290346146, "output_scale": 1.196996549778802}),
+    ("DKS", "softplus", dict(dks=solver.DKSTargets(c_slope_1_target=1.2)),
+     {"input_scale": 0.18761008168267976, "input_shift": 0.40688063442262007,
+      "output_shift": -0.9213466151411376, "output_scale": 8.878672543665223}),
+    ("TAT", "softplus", dict(tat=solver.TATTargets(c_curve_target=0.2)),
+     {"input_scale": 0.15011489794748328, "input_shift": 0.5374599901127068,
+      "output_shift": -0.996481014465811, "output_scale": 10.54880187880574}),
+])
+def test_resnet101_regression_values(method, name, targets, expected):
+    got = dks_jax.transform(name, method, network=RESNET101_W06, **targets).as_dict()
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert _sig_digits_equal(got[key], value, 8), (key, got[key], value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent re-measurement of every condition after solving.
+
+
+def _measure(act):
+    """Q(1), Q'(1), C(0), C'(1), C''(1) by scipy's adaptive quadrature and JAX autodiff (no shared code)."""
+    with jax.enable_x64(True):
+        f = jax.jit(act)
+        df = jax.jit(jax.grad(act))
+        d2f = jax.jit(jax.grad(jax.grad(act)))
+        kink = None
+        if act.spec.kinks:
+            kink = (act.spec.kinks[0] - act.input_shift) / act.input_scale
+        pdf = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+        def e(fn):
+            pts = [kink] if kink is not None and abs(kink) < 12 else None
+            return scipy.integrate.quad(lambda z: fn(np.float64(z)) * pdf(z), -12, 12, points=pts,
+                                        limit=400, epsabs=1e-13, epsrel=1e-12)[0]
+
+        q1 = e(lambda z: float(f(z)) ** 2)
+        return {"q_value": q1, "q_slope": e(lambda z: float(f(z)) * float(df(z)) * z),
+                "c_value_0": e(lambda z: float(f(z))) ** 2 / q1,
+                "c_slope_1": e(lambda z: float(df(z)) ** 2) / q1,
+                "c_curv_1": e(lambda z: float(d2f(z)) ** 2) / q1}
+
+
+SMOOTH = ["tanh", "softplus", "sigmoid", "erf", "atan", "asinh", "softsign", "bentid", "elu", "selu",
+          "swish", "gelu", "gelu_exact"]
+NET = layouts.resnet(50, 10)  # 49 nonlinear layers
+
+
+@pytest.mark.parametrize("name", SMOOTH + ["relu", "leaky_relu"])
+def test_dks_conditions_hold_when_remeasured(name):
+    act = dks_jax.transform(name, "DKS", network=NET)
+    s = dict(act.local_targets)["c_slope_1"]
+    m = _measure(act)
+    assert m["q_value"] == pytest.approx(1.0, abs=1e-7)
+    assert m["c_value_0"] == pytest.approx(0.0, abs=1e-7)
+    assert m["c_slope_1"] == pytest.approx(s, abs=1e-7)
+    if name != "relu":  # ReLU has one degree of freedom less: no Q'(1) condition
+        assert m["q_slope"] == pytest.approx(1.0, abs=1e-7)
+    # Network level: the maximal C'(1) over subnetworks, with the re-measured local slope.
+    assert g.subnet_max_func(NET)(1.0, lambda y: m["c_slope_1"] * y) == pytest.approx(1.5, abs=1e-6)
+    assert act.input_scale > 0
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_tat_smooth_conditions_hold_when_remeasured(name):
+    act = dks_jax.transform(name, "TAT", network=NET)
+    k = dict(act.local_targets)["c_curv_1"]
+    m = _measure(act)
+    assert m["q_value"] == pytest.approx(1.0, abs=1e-7)
+    assert m["q_slope"] == pytest.approx(1.0, abs=1e-7)
+    assert m["c_slope_1"] == pytest.approx(1.0, abs=1e-7)
+    assert m["c_curv_1"] == pytest.approx(k, abs=1e-7)
+    assert g.subnet_max_func(NET)(0.0, lambda y: m["c_curv_1"] + y) == pytest.approx(0.3, abs=1e-6)
+    assert act.input_scale > 0  # canonical (mirrored solutions are flipped)
+
+
+def test_tat_leaky_relu_network_c0_remeasured_with_2d_quadrature():
+    act = dks_jax.transform("leaky_relu", "TAT", network=NET)
+    m = _measure(act)
+    assert m["q_value"] == pytest.approx(1.0, abs=1e-9)
+    # Compose the local C map by 2D quadrature (not the closed form the solver used) through the net.
+    spec = activations.get_activation("leaky_relu")
+    with jax.enable_x64(True):
+        local = lambda c: float(local_maps.c_map(spec, act.shape_names, act.theta, np.array([c]))[0])
+        assert g.subnet_max_func(NET)(0.0, local) == pytest.approx(0.9, abs=1e-7)
+
+
+def test_trelu_is_leaky_relu_with_builtin_scale():
+    a = dks_jax.transform("leaky_relu", "TAT", network=NET)
+    t = dks_jax.transform("trelu", "TAT", network=NET)
+    x = jnp.linspace(-3, 3, 13)
+    np.testing.assert_allclose(a(x), t(x), rtol=1e-6)
+    assert t.q_map(2.0) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_eoc_relu_is_he_scaling():
+    eoc = dks_jax.transform("relu", "EOC")
+    assert eoc.as_dict() == {"output_scale": pytest.approx(math.sqrt(2.0), abs=1e-12)}
+    assert dks_jax.transform("tanh", "untransformed").as_dict() == {}
+
+
+def test_registering_a_new_family_is_one_call():
+    name = "test_tanh_plus_linear"
+    dks_jax.register_activation(name, lambda x: jnp.tanh(x) + 0.1 * x)
+    try:
+        for method in ("DKS", "TAT"):
+            act = dks_jax.transform(name, method, network=layouts.plain_stack(20))
+            m = _measure(act)
+            assert m["q_value"] == pytest.approx(1.0, abs=1e-7)
+            assert m["q_slope"] == pytest.approx(1.0, abs=1e-7)
+            if method == "DKS":
+                assert m["c_slope_1"] == pytest.approx(1.5 ** (1 / 20), abs=1e-7)
+            else:
+                assert m["c_curv_1"] == pytest.approx(dict(act.local_targets)["c_curv_1"], abs=1e-7)
+        params = dks_jax.get_activation_params([name], "DKS", subnet_max_func=g.subnet_max_func(
+            layouts.plain_stack(20)))
+        assert set(params[name]) == {"input_scale", "input_shift", "output_shift", "output_scale"}
+    finally:
+        dks_jax.unregister_activation(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dks-compatible API.
+
+
+def test_compat_keys_and_functions():
+    m = g.subnet_max_func(NET)
+    assert set(dks_jax.get_activation_params(["leaky_relu"], "TAT", subnet_max_func=m)["leaky_relu"]) == \
+        {"output_scale", "negative_slope"}
+    assert set(dks_jax.get_activation_params(["leaky_relu"], "DKS", subnet_max_func=m)["leaky_relu"]) == \
+        {"negative_slope", "input_shift", "output_shift", "output_scale"}
+    assert set(dks_jax.get_activation_params(["relu"], "DKS", subnet_max_func=m)["relu"]) == \
+        {"input_shift", "input_scale", "output_shift", "output_scale"}
+    assert dks_jax.get_activation_params(["tanh"], "untransformed") == {"tanh": {}}
+    fns = dks_jax.get_transformed_activations(["softplus", "tanh"], "DKS", subnet_max_func=m)
+    p = dks_jax.get_activation_params(["softplus"], "DKS", subnet_max_func=m)["softplus"]
+    x = jnp.linspace(-4, 4, 9)
+    manual = p["output_scale"] * (jax.nn.softplus(p["input_scale"] * x + p["input_shift"]) + p["output_shift"])
+    np.testing.assert_allclose(fns["softplus"](x), manual, rtol=1e-6)
+    # The max_slope_func route gives the same answer as subnet_max_func.
+    p2 = dks_jax.get_activation_params(["softplus"], "DKS", max_slope_func=lambda s: s**49)["softplus"]
+    assert p2 == p
+
+
+def test_jit_and_dtype_preservation():
+    act = dks_jax.transform("softplus", "DKS", network=NET)
+    x = jnp.ones((3,), jnp.bfloat16)
+    assert jax.jit(act)(x).dtype == jnp.bfloat16
+
+
+def test_results_are_bit_identical_across_processes():
+    code = ("import json, dks_jax; from dks_jax.kernels import layouts;"
+            "a = dks_jax.transform('gelu', 'TAT', network=layouts.resnet(50, 10));"
+            "b = dks_jax.transform('elu', 'DKS', network=layouts.resnet(50, 10));"
+            "print(json.dumps([a.as_dict(), b.as_dict()]))")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert outs[0] == outs[1]
+    here = [dks_jax.transform("gelu", "TAT", network=NET).as_dict(),
+            dks_jax.transform("elu", "DKS", network=NET).as_dict()]
+    assert json.loads(outs[0]) == here  # json round-trips floats exactly
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_unknown_activation_lists_known_ones():
+    with pytest.raises(ValueError, match="Known activations: .*leaky_relu.*softplus"):
+        dks_jax.transform("nope", "DKS", network=NET)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dks=dict(c_slope_1_target=1.0)), "greater than 1"),
+    (dict(tat=dict(c_val_0_target=1.0)), "between 0 and 1"),
+    (dict(tat=dict(c_val_0_target=0.0)), "between 0 and 1"),
+    (dict(tat=dict(c_curve_target=0.0)), "greater than 0"),
+    (dict(tat=dict(c_curve_target=-1.0)), "greater than 0"),
+])
+def test_invalid_targets(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        if "dks" in kwargs:
+            solver.DKSTargets(**kwargs["dks"])
+        else:
+            solver.TATTargets(**kwargs["tat"])
+
+
+def test_invalid_method_and_relu_with_tat():
+    with pytest.raises(ValueError, match="valid methods: DKS, TAT, untransformed, EOC"):
+        dks_jax.transform("tanh", "SELU-magic", network=NET)
+    with pytest.raises(ValueError, match="leaky_relu"):
+        dks_jax.transform("relu", "TAT", network=NET)
+    with pytest.raises(ValueError, match="unrecognized keys"):
+        dks_jax.get_activation_params(["tanh"], "DKS", dks_params={"zeta": 1.5},
+                                      subnet_max_func=g.subnet_max_func(NET))
+    with pytest.raises(ValueError, match="subnet_max_func"):
+        dks_jax.get_activation_params(["tanh"], "DKS")
+
+
+def test_unreachable_eta_says_why_and_what_would_work():
+    with pytest.raises(solver.SolverError) as info:
+        dks_jax.transform("leaky_relu", "TAT", network=layouts.plain_stack(10))
+    msg = str(info.value)
+    reachable = float(g.subnet_max_func(layouts.plain_stack(10))(
+        0.0, lambda c: dks_jax.kernels.leaky_relu_c_map(c, 0.0)))
+    assert "unreachable" in msg and f"{reachable:.6f}" in msg and "nonlinear layers" in msg
+    # The depth the message suggests really does reach eta = 0.9, and one layer less does not.
+    needed = int(msg.split("needs at least ")[1].split(" ")[0])
+    dks_jax.transform("leaky_relu", "TAT", network=layouts.plain_stack(needed))
+    with pytest.raises(solver.SolverError):
+        dks_jax.transform("leaky_relu", "TAT", network=layouts.plain_stack(needed - 1))
+
+
+def test_inconsistent_conditions_raise_instead_of_nan():
+    with pytest.raises(solver.SolverError, match="did not converge"):
+        dks_jax.transform("square", "DKS", network=layouts.plain_stack(10))
+
+
+def test_network_without_nonlinear_layers():
+    with pytest.raises(solver.SolverError, match="no nonlinear layers"):
+        dks_jax.transform("tanh", "DKS", network=g.Sequential((g.Dense(3),)))
+
+
+def test_batch_norm_network_cannot_be_shaped():
+    bn = layouts.resnet(18, 10, shortcut_weight=None, use_batch_norm=True)
+    with pytest.raises(g.KernelGraphError):
+        dks_jax.transform("softplus", "DKS", network=bn)
+    # ...but its baselines need no solve.
+    assert dks_jax.transform("relu", "untransformed", network=bn).as_dict() == {}
+
+
+def test_registry_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        activations.register_activation("tanh", jnp.tanh)
