@@ -157,8 +157,7 @@ def _finish(images: np.ndarray | list, labels: np.ndarray, params: augment_lib.P
 def train_batch(dataset: dataset_lib.Dataset, step: int, *, global_batch_size: int, seed: int,
                 process_index: int = 0, process_count: int = 1,
                 augment: augment_lib.Augmenter | None = None,
-                normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION
-                ) -> Batch:
+                normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION) -> Batch:
     """Builds this host's part of global training batch `step`; pure in its arguments.
 
     Args:
@@ -190,8 +189,7 @@ def train_batch(dataset: dataset_lib.Dataset, step: int, *, global_batch_size: i
 def eval_batch(dataset: dataset_lib.Dataset, index: int, *, global_batch_size: int,
                process_index: int = 0, process_count: int = 1,
                transform: augment_lib.Augmenter | None = None,
-               normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION
-               ) -> Batch:
+               normalization: NormalizationOrNone = _DEFAULT_NORMALIZATION) -> Batch:
     """Builds this host's part of evaluation batch `index` (examples in order).
 
     Args:
