@@ -267,7 +267,17 @@ def _solve_local(problem: _Problem) -> tuple[float, ...]:
         f = lambda p: np.asarray(fun(np.asarray(p, np.float64), targets))
         j = lambda p: np.asarray(jac(np.asarray(p, np.float64), targets))
         failures = []
-        for start in _starting_points(problem.free):
+        rejected = None
+        num_fixed = math.prod(len(_START_VALUES[name]) for name in problem.free)
+        for index, start in enumerate(_starting_points(problem.free)):
+            if index == num_fixed and rejected is not None:
+                # Every root the fixed starting points reached has |alpha| gamma >= 2. Mirroring
+                # (alpha -> -alpha) keeps a root's kernel maps but would pass the public implementation's
+                # signed test, which is how it accepts sigmoid (whose every root has |alpha| gamma ~ 5.2);
+                # we return the first such root instead of hunting random starts for a mirrored one.
+                log.info("All roots found for %r have |input_scale| * output_scale >= 2; using the "
+                         "first one.", problem.spec.name)
+                return rejected
             sol = scipy.optimize.root(f, np.asarray(start, np.float64), jac=j, method="hybr")
             p = sol.x
             # Newton polish: hybr stops at xtol ~1.5e-8; a few exact-Jacobian steps reach rounding error.
@@ -284,15 +294,18 @@ def _solve_local(problem: _Problem) -> tuple[float, ...]:
                 failures.append(start)
                 continue
             theta = np.array(theta_fn(np.asarray(p, np.float64)))
-            # The rejection applies to the solution as found, before it is canonicalized, exactly as in
-            # the public implementation: sigmoid's only solutions have |alpha| gamma ~ 5.2 and are
-            # accepted through their mirrored (alpha < 0) form.
-            if problem.reject_large_scale and theta[0] * theta[3] >= 2.0:
+            # The rejection applies to the root as found, before it is canonicalized, as in the public
+            # implementation (so its published solutions are the ones we return).
+            reject = problem.reject_large_scale and theta[0] * theta[3] >= 2.0
+            theta[0] = abs(theta[0])  # canonical mirror image (see module docstring)
+            if reject:
                 log.debug("Rejected solution %s (input_scale * output_scale >= 2).", theta)
+                rejected = rejected or tuple(float(v) for v in theta)
                 failures.append(start)
                 continue
-            theta[0] = abs(theta[0])  # canonical mirror image (see module docstring)
             return tuple(float(v) for v in theta)
+        if rejected is not None:
+            return rejected
     raise SolverError(
         f"The solver did not converge for activation {problem.spec.name!r} (conditions "
         f"{dict(zip(problem.conditions, problem.targets))}) from any of {len(failures)} starting points. "
