@@ -1,0 +1,180 @@
+"""Learning-rate (and other hyper-parameter) schedules, looked up by name.
+
+Every schedule is a jittable function of an integer step (a Python int or an
+int array, possibly traced) returning a float32 scalar array, so it can be
+evaluated inside a jitted training step and passed to kfac_jax, which calls
+schedules with its internal step counter.
+
+    sched = get_schedule("cosine", peak_value=0.1, total_steps=1000, warmup_steps=50)
+    sched(0), sched(50), sched(1000)   # 0.0, 0.1, 0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import math
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+
+Step = Union[int, jax.Array]
+Schedule = Callable[[Step], jax.Array]
+
+
+def constant(value: float) -> Schedule:
+    """A schedule that always returns `value`.
+
+    Args:
+        value: The constant value.
+
+    Returns:
+        The schedule.
+    """
+    value = float(value)
+
+    def schedule(step: Step) -> jax.Array:
+        del step
+        return jnp.asarray(value, jnp.float32)
+
+    return schedule
+
+
+def cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
+           end_value: float = 0.0) -> Schedule:
+    """Linear warm-up from 0 to `peak_value`, then cosine decay to `end_value`.
+
+    value(t) = peak * t / warmup                                   for t < warmup
+             = end + (peak - end) * (1 + cos(pi * p)) / 2,
+               p = (t - warmup) / (total - warmup)                 for warmup <= t <= total
+             = end                                                 for t > total
+
+    Args:
+        peak_value: Value reached at the end of warm-up.
+        total_steps: Step at which the decay reaches `end_value`.
+        warmup_steps: Length of the linear warm-up (0 disables it).
+        end_value: Final value.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        ValueError: On a non-positive `total_steps` or `warmup_steps` outside
+            [0, total_steps].
+    """
+    total_steps, warmup_steps = int(total_steps), int(warmup_steps)
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], "
+                         f"got {warmup_steps}")
+    peak, end = float(peak_value), float(end_value)
+    # max(., 1) keeps warmup == total well defined: the decay is a single step.
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step: Step) -> jax.Array:
+        t = jnp.asarray(step, jnp.float32)
+        warm = peak * t / max(warmup_steps, 1)
+        progress = jnp.clip((t - warmup_steps) / decay_steps, 0.0, 1.0)
+        decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(t < warmup_steps, warm, decayed).astype(jnp.float32)
+
+    return schedule
+
+
+def _boundary_steps(boundaries: Sequence[int | float], total_steps: int | None) -> list[int]:
+    """Converts boundaries given as steps (ints) or fractions (floats) to steps."""
+    kinds = {isinstance(b, float) for b in boundaries}
+    if len(kinds) > 1:
+        raise ValueError(f"boundaries must be all ints (steps) or all floats (fractions of "
+                         f"total_steps), got {list(boundaries)}")
+    if kinds == {True}:
+        if total_steps is None:
+            raise ValueError("fractional boundaries need total_steps")
+        if any(not 0.0 <= b <= 1.0 for b in boundaries):
+            raise ValueError(f"fractional boundaries must lie in [0, 1], got {list(boundaries)}")
+        steps = [int(round(b * total_steps)) for b in boundaries]
+    else:
+        steps = [int(b) for b in boundaries]
+    if any(b < 0 for b in steps) or any(b1 > b2 for b1, b2 in zip(steps, steps[1:])):
+        raise ValueError(f"boundaries must be non-negative and non-decreasing, got {steps}")
+    return steps
+
+
+def piecewise_constant(init_value: float, boundaries: Sequence[int | float],
+                       factors: Sequence[float], total_steps: int | None = None) -> Schedule:
+    """`init_value` multiplied by `factors[i]` for every boundary i already reached.
+
+    value(t) = init_value * prod_{i : t >= boundary_i} factors[i]
+
+    Args:
+        init_value: Value before the first boundary.
+        boundaries: Either steps (all ints) or fractions of `total_steps` (all
+            floats in [0, 1], rounded to the nearest step); non-decreasing.
+        factors: One multiplicative factor per boundary.
+        total_steps: Needed only for fractional boundaries.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        ValueError: On mismatched lengths, mixed or invalid boundaries.
+    """
+    if len(boundaries) != len(factors):
+        raise ValueError(f"got {len(boundaries)} boundaries but {len(factors)} factors")
+    steps = _boundary_steps(boundaries, total_steps)
+    init, factors = float(init_value), [float(f) for f in factors]
+
+    def schedule(step: Step) -> jax.Array:
+        t = jnp.asarray(step)
+        value = jnp.asarray(init, jnp.float32)
+        for boundary, factor in zip(steps, factors):
+            value = value * jnp.where(t >= boundary, factor, 1.0).astype(jnp.float32)
+        return value
+
+    return schedule
+
+
+_SCHEDULES: dict[str, Callable[..., Schedule]] = {
+    "constant": constant,
+    "cosine": cosine,
+    "piecewise_constant": piecewise_constant,
+}
+
+
+def list_schedules() -> list[str]:
+    """Returns the registered schedule names, sorted."""
+    return sorted(_SCHEDULES)
+
+
+def get_schedule(name: str, **kwargs: Any) -> Schedule:
+    """Builds the schedule registered under `name`.
+
+    Args:
+        name: One of `list_schedules()`.
+        **kwargs: Arguments of the schedule's constructor (see `constant`,
+            `cosine`, `piecewise_constant`).
+
+    Returns:
+        The schedule, a jittable function of the step.
+
+    Raises:
+        ValueError: If `name` is unknown.
+    """
+    try:
+        factory = _SCHEDULES[name]
+    except KeyError:
+        raise ValueError(f"unknown schedule {name!r}; valid: {list_schedules()}") from None
+    return factory(**kwargs)
+
+
+def as_schedule(value: float | Schedule) -> Schedule:
+    """Returns `value` itself if callable, else a constant schedule of it.
+
+    Args:
+        value: A number or a schedule.
+
+    Returns:
+        A schedule.
+    """
+    return value if callable(value) else constant(value)

@@ -1,0 +1,90 @@
+"""Closed-form values of the learning-rate schedules."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dks_jax.optim import schedules
+
+
+def test_constant():
+    sched = schedules.get_schedule("constant", value=0.3)
+    for step in (0, 7, 10**6):
+        assert float(sched(step)) == pytest.approx(0.3)
+    assert sched(jnp.int32(3)).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("step,expected", [
+    (0, 0.0),
+    (5, 0.5),                                            # half-way through warm-up
+    (10, 1.0),                                           # peak
+    (55, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))),
+    (32.5, None),                                        # filled in below
+    (100, 0.1),                                          # end value
+    (150, 0.1),                                          # stays at end value
+])
+def test_cosine_closed_form(step, expected):
+    sched = schedules.get_schedule("cosine", peak_value=1.0, total_steps=100, warmup_steps=10,
+                                   end_value=0.1)
+    if expected is None:  # a quarter of the decay
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25))
+    assert float(sched(step)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_cosine_without_warmup_and_default_end():
+    sched = schedules.cosine(peak_value=2.0, total_steps=10)
+    assert float(sched(0)) == pytest.approx(2.0)
+    assert float(sched(5)) == pytest.approx(1.0, abs=1e-6)
+    assert float(sched(10)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cosine_is_jittable_and_vmappable():
+    sched = schedules.cosine(peak_value=1.0, total_steps=100, warmup_steps=10)
+    steps = jnp.arange(0, 120, 7, dtype=jnp.int32)
+    eager = np.array([float(sched(int(s))) for s in steps])
+    np.testing.assert_allclose(jax.jit(jax.vmap(sched))(steps), eager, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(boundaries=[10, 20]),
+    dict(boundaries=[0.1, 0.2], total_steps=100),
+])
+def test_piecewise_constant(kwargs):
+    sched = schedules.get_schedule("piecewise_constant", init_value=1.0, factors=[0.1, 0.5],
+                                   **kwargs)
+    expected = {0: 1.0, 9: 1.0, 10: 0.1, 19: 0.1, 20: 0.05, 1000: 0.05}
+    for step, value in expected.items():
+        assert float(sched(step)) == pytest.approx(value, rel=1e-6)
+    assert float(jax.jit(sched)(jnp.int32(15))) == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(init_value=1.0, boundaries=[10, 0.5], factors=[0.1, 0.1], total_steps=100),  # mixed
+    dict(init_value=1.0, boundaries=[0.5], factors=[0.1]),                           # no total
+    dict(init_value=1.0, boundaries=[20, 10], factors=[0.1, 0.1]),                   # decreasing
+    dict(init_value=1.0, boundaries=[10], factors=[0.1, 0.1]),                       # lengths
+])
+def test_piecewise_constant_rejects_bad_boundaries(kwargs):
+    with pytest.raises(ValueError):
+        schedules.piecewise_constant(**kwargs)
+
+
+def test_unknown_schedule_lists_valid_names():
+    with pytest.raises(ValueError, match="constant.*cosine.*piecewise_constant"):
+        schedules.get_schedule("linear")
+
+
+def test_cosine_rejects_bad_steps():
+    with pytest.raises(ValueError):
+        schedules.cosine(peak_value=1.0, total_steps=10, warmup_steps=11)
+    with pytest.raises(ValueError):
+        schedules.cosine(peak_value=1.0, total_steps=0)
+
+
+def test_as_schedule():
+    assert float(schedules.as_schedule(0.5)(3)) == pytest.approx(0.5)
+    sched = schedules.constant(0.25)
+    assert schedules.as_schedule(sched) is sched
