@@ -18,17 +18,23 @@ def _mlp(x, is_training, batch_norm):
     return hk.Linear(NUM_CLASSES)(jax.nn.tanh(h))
 
 
-def _setup(batch_norm=False, register=False, batch_size=64):
-    """A tiny classification problem: labels from a random linear teacher."""
+def _setup(batch_norm=False, register=False, batch_size=64, mask=False):
+    """A tiny classification problem: labels from a random linear teacher.
+
+    With `mask`, the last quarter of the batch has mask weight 0.
+    """
     model = hk.transform_with_state(lambda x, t: _mlp(x, t, batch_norm))
     rs = np.random.RandomState(0)
     x = rs.randn(batch_size, 6).astype(np.float32)
     batch = {"x": x, "y": np.argmax(x @ rs.randn(6, NUM_CLASSES), -1).astype(np.int32)}
+    if mask:
+        batch["mask"] = (np.arange(batch_size) < 3 * batch_size // 4).astype(np.float32)
 
     def loss_fn(params, state, rng, batch):
         logits, new_state = model.apply(params, state, rng, batch["x"], True)
         loss = optim.classification_loss(logits, batch["y"], label_smoothing=0.1,
-                                         num_classes=NUM_CLASSES, register_for_kfac=register)
+                                         num_classes=NUM_CLASSES, register_for_kfac=register,
+                                         mask=batch.get("mask"))
         return loss, (new_state, {"accuracy": optim.accuracy(logits, batch["y"])})
 
     params, state = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), x, True)
@@ -52,21 +58,13 @@ def _run(opt, loss_fn, params, state, batch, steps):
     ("sgd", 0.5, {}),                                  # Nesterov (default); heavy-ball: below
     ("sgd", 1.0, {"momentum": 0.0}),                   # plain SGD
     ("adam", 0.02, {}),
-    # include_registered_loss_in_stats: see the loss_registered check below.
-    ("kfac", 0.1, {"num_burnin_steps": 0, "inverse_update_period": 5, "norm_constraint": None,
-                   "extra_kwargs": {"include_registered_loss_in_stats": True}}),
+    ("kfac", 0.1, {"num_burnin_steps": 0, "inverse_update_period": 5, "norm_constraint": None}),
 ])
 def test_loss_decreases(name, lr, kwargs):
     loss_fn, params, state, batch = _setup(register=name == "kfac")
-    # kfac_jax's registered-loss stat adds L2 over *all* params, so use none there.
-    l2_reg = 0.0 if name == "kfac" else 1e-4
-    opt = optim.make_optimizer(name, loss_fn, lr, l2_reg=l2_reg, **kwargs)
+    opt = optim.make_optimizer(name, loss_fn, lr, l2_reg=1e-4, **kwargs)
     _, _, _, first, last, final = _run(opt, loss_fn, params, state, batch, steps=20)
     assert final < 0.6 * float(first["loss"]), (first["loss"], final)
-    if name == "kfac":
-        # Vector (smoothed one-hot) targets make kfac's registered loss equal
-        # ours; integer targets would give the unsmoothed loss instead.
-        assert float(first["loss_registered"]) == pytest.approx(float(first["loss"]), rel=1e-5)
     for key in ("loss", "l2_loss", "objective", "learning_rate", "momentum", "accuracy"):
         assert np.isfinite(float(last[key])), key
     assert float(last["objective"]) == pytest.approx(float(last["loss"] + last["l2_loss"]),
@@ -121,9 +119,13 @@ def test_learning_rate_metric_follows_schedule():
 
 
 def test_kfac_with_batch_norm_state_and_burnin():
-    loss_fn, params, state, batch = _setup(batch_norm=True, register=True)
-    opt = optim.make_optimizer("kfac", loss_fn, 0.1, l2_reg=1e-4, num_burnin_steps=2,
-                               inverse_update_period=5, norm_constraint=None)
+    loss_fn, params, state, batch = _setup(batch_norm=True, register=True, mask=True)
+    # No L2 here: kfac_jax's registered-loss stat (checked below) adds L2 over
+    # *all* params, biases included. (tests/test_optim_parallel.py runs K-FAC
+    # with BatchNorm and L2.)
+    opt = optim.make_optimizer("kfac", loss_fn, 0.1, num_burnin_steps=2, inverse_update_period=5,
+                               norm_constraint=None,
+                               extra_kwargs={"include_registered_loss_in_stats": True})
     assert opt.needs_loss_registration and opt.num_burnin_steps == 2
     rng = jax.random.PRNGKey(1)
     opt_state = opt.init(params, state, rng, batch)
@@ -133,11 +135,16 @@ def test_kfac_with_batch_norm_state_and_burnin():
     assert any(np.abs(np.asarray(f)).sum() > 0 for f in factors)
     initial_stats = jax.tree_util.tree_map(np.array, state)
     step = opt.jit_step()
-    first_loss = None
+    first = None
     for t in range(15):
         params, opt_state, state, metrics = step(params, opt_state, state,
                                                  jax.random.fold_in(rng, t), batch, t)
-        first_loss = float(metrics["loss"]) if first_loss is None else first_loss
+        first = metrics if first is None else first
+    first_loss = float(first["loss"])
+    # Vector (smoothed one-hot) targets make kfac's registered loss equal ours
+    # (integer targets would give the unsmoothed loss), and so does the
+    # weight B / sum(mask) passed with the mask.
+    assert float(first["loss_registered"]) == pytest.approx(first_loss, rel=1e-5)
     assert float(metrics["loss"]) < 0.6 * first_loss
     assert int(opt_state.step_counter) == 15
     for key in ("damping", "precon_damping", "momentum", "learning_rate", "data_seen", "step"):
