@@ -25,7 +25,6 @@ and optimizer state are replicated).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from typing import Any, Optional
