@@ -71,6 +71,39 @@ def mlp(depth: int, width: int, num_classes: int, *, dropout_rate: float = 0.0,
     return g.Sequential(tuple(layers), name=f"mlp_{depth}x{width}")
 
 
+def convnet(depth: int, width: int, num_classes: int, *, num_downsamples: int = 2,
+            dropout_rate: float = 0.0, pln_mode: str | None = None) -> g.Sequential:
+    """A vanilla all-convolutional network: a 3x3 stem, then ``depth`` (Act, 3x3 Conv) pairs.
+
+    ``num_downsamples`` of the convolutions (evenly spaced) have stride 2 (28x28 -> 7x7 for two). A final
+    activation, global average pooling and dense logits follow, as in the ResNet-V2 shapes.
+
+    Args:
+      depth: Nonlinear layers before the final one (the network has ``depth + 1``).
+      width: Channels of every convolution.
+      num_classes: Output logits.
+      num_downsamples: How many stride-2 convolutions.
+      dropout_rate: Dropout before the logits.
+      pln_mode: Per-location normalization of the input (None disables it).
+
+    Returns:
+      The layer specification.
+    """
+    _check_positive(depth=depth, width=width, num_classes=num_classes)
+    strided = {(i + 1) * depth // (num_downsamples + 1) for i in range(num_downsamples)}
+    layers: list[g.Node] = []
+    if pln_mode is not None:
+        layers.append(g.PerLocationNorm(pln_mode))
+    layers.append(g.Conv(width, 3, 1, name="stem_conv"))
+    for i in range(depth):
+        layers += [g.Act(), g.Conv(width, 3, 2 if i in strided else 1, name=f"conv_{i}")]
+    layers += [g.Act(), g.GlobalAvgPool()]
+    if dropout_rate:
+        layers.append(g.Dropout(dropout_rate))
+    layers.append(g.Dense(num_classes, name="logits"))
+    return g.Sequential(tuple(layers), name=f"convnet_{depth}x{width}")
+
+
 def resnet(depth: int, num_classes: int, *, shortcut_weight: float | None = 0.0,
            width_multiplier: float = 1.0, stem: str = "imagenet", use_batch_norm: bool = False,
            dropout_rate: float = 0.0, pln_mode: str | None = None) -> g.Sequential:
