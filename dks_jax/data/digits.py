@@ -12,11 +12,16 @@ from dks_jax.data import registry
 TEST_FRACTION = 0.2
 
 
-def digits_test_mask(labels: np.ndarray, test_fraction: float = TEST_FRACTION) -> np.ndarray:
-    """Marks the test examples: the last `test_fraction` of each class, in file order.
+_SPLIT_SEED = 0
 
-    Per-class selection keeps both splits stratified without any randomness, so
-    the split never depends on a seed or a library version.
+
+def digits_test_mask(labels: np.ndarray, test_fraction: float = TEST_FRACTION) -> np.ndarray:
+    """Marks the test examples: a fixed random `test_fraction` of each class.
+
+    The file is ordered by writer, so its last images (the obvious deterministic choice) come from
+    writers absent from the rest, a distribution shift that caps even an RBF SVM at 94%. A per-class
+    permutation from NumPy's PCG64 generator with a fixed seed (a stream NumPy keeps stable across
+    versions) gives an ordinary i.i.d. split that never changes.
 
     Args:
         labels: int labels of the whole dataset.
@@ -26,11 +31,12 @@ def digits_test_mask(labels: np.ndarray, test_fraction: float = TEST_FRACTION) -
         bool array, True for test examples.
     """
     mask = np.zeros(len(labels), dtype=bool)
+    rng = np.random.Generator(np.random.PCG64(_SPLIT_SEED))
     for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
+        members = rng.permutation(np.flatnonzero(labels == label))
         num_test = int(round(test_fraction * len(members)))
         if num_test:
-            mask[members[-num_test:]] = True
+            mask[members[:num_test]] = True
     return mask
 
 
