@@ -291,3 +291,16 @@ def test_batch_norm_network_cannot_be_shaped():
 def test_registry_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         activations.register_activation("tanh", jnp.tanh)
+
+
+@pytest.mark.parametrize("name", ["erf", "atan", "asinh", "tanh"])
+def test_odd_families_get_canonical_nonnegative_shift(name):
+    import dataclasses
+    grid = np.linspace(-1, 1, 9)
+    for depth in (50, 101):
+        act = dks_jax.transform(name, "TAT", network=layouts.resnet(depth, 10))
+        assert act.input_scale > 0 and act.input_shift >= 0
+        # The discarded twin has the same kernel maps (which is why either could come out of a solver).
+        twin = dataclasses.replace(act, input_shift=-act.input_shift, output_shift=-act.output_shift)
+        np.testing.assert_allclose(twin.c_map(grid), act.c_map(grid), atol=1e-12)
+        np.testing.assert_allclose(twin.q_map([0.5, 1.0, 2.0]), act.q_map([0.5, 1.0, 2.0]), atol=1e-12)

@@ -24,7 +24,9 @@ Conventions:
   C(0) is left free, as in the public implementation whose published regression values we match.
 * Canonical solutions: ``(alpha, beta) -> (-alpha, beta)`` maps ``phi(alpha x + beta)`` to its mirror image
   ``x -> phi(-alpha x + beta)``, whose Q and C maps are identical, so solvers may land on either. We always
-  return the one with a positive input scale.
+  return the one with a positive input scale. For odd families (tanh, erf, atan, asinh, softsign, ...)
+  ``(beta, delta) -> (-beta, -delta)`` is another such symmetry, and for even ones ``beta -> -beta``: there
+  we also return the solution with a non-negative input shift.
 * EOC (our baseline): the untransformed activation with the output scale ``1 / sqrt(E[phi'(z)^2])``, i.e.
   the weight variance that puts the network at the edge of chaos for unit q (He init for ReLU).
 
@@ -298,6 +300,12 @@ def _solve_local(problem: _Problem) -> tuple[float, ...]:
             # implementation (so its published solutions are the ones we return).
             reject = problem.reject_large_scale and theta[0] * theta[3] >= 2.0
             theta[0] = abs(theta[0])  # canonical mirror image (see module docstring)
+            symmetry = _symmetry(problem.spec, tuple(theta[4:].tolist()))
+            if symmetry and theta[1] < 0:
+                # Odd phi: (beta, delta) -> (-beta, -delta) gives x -> -phi_hat(-x); even phi:
+                # beta -> -beta gives x -> phi_hat(-x). Same kernel maps either way: keep beta >= 0.
+                theta[1] = -theta[1]
+                theta[2] = theta[2] * symmetry
             if reject:
                 log.debug("Rejected solution %s (input_scale * output_scale >= 2).", theta)
                 rejected = rejected or tuple(float(v) for v in theta)
@@ -311,6 +319,21 @@ def _solve_local(problem: _Problem) -> tuple[float, ...]:
         f"{dict(zip(problem.conditions, problem.targets))}) from any of {len(failures)} starting points. "
         "The targets may be unachievable for this activation (the conditions can even be inconsistent: "
         "'square' has Q'(1) = C'(1) whenever C(0) = 0); try a different zeta/tau, or another activation.")
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetry(spec: activations.ActivationSpec, shape: tuple[float, ...]) -> int:
+    """-1 if the family (at these shape parameters) is odd, +1 if even, 0 otherwise (checked numerically)."""
+    x = np.linspace(0.05, 6.0, 120)
+    with jax.enable_x64(True):
+        kw = dict(zip(spec.shape_params, shape))
+        plus, minus = np.asarray(spec.fn(x, **kw)), np.asarray(spec.fn(-x, **kw))
+    scale = max(np.max(np.abs(plus)), 1e-300)
+    if np.max(np.abs(plus + minus)) <= 1e-12 * scale:
+        return -1
+    if np.max(np.abs(plus - minus)) <= 1e-12 * scale:
+        return 1
+    return 0
 
 
 def _shape_names(spec: activations.ActivationSpec) -> tuple[str, ...]:
