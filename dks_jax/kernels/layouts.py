@@ -104,6 +104,41 @@ def convnet(depth: int, width: int, num_classes: int, *, num_downsamples: int = 
     return g.Sequential(tuple(layers), name=f"convnet_{depth}x{width}")
 
 
+def residual_mlp(depth: int, width: int, num_classes: int, *, shortcut_weight: float | None = None,
+                 use_batch_norm: bool = True, dropout_rate: float = 0.0) -> g.Sequential:
+    """A pre-activation residual MLP: the MLP-shaped counterpart of the ResNet-V2 baseline.
+
+    A dense stem, ``depth // 2`` blocks ``x + Dense(Act(BN(Dense(Act(BN(x))))))`` and a final
+    ``Act(BN(x))`` before the logits, so it has ``depth + 1`` nonlinear layers like ``mlp(depth + 1)``.
+
+    Args:
+      depth: Nonlinear layers inside the residual blocks (rounded down to even).
+      width: Units of every dense layer.
+      num_classes: Output logits.
+      shortcut_weight: ``None`` for the standard sum, or ``w`` for a normalized sum (TAT-style).
+      use_batch_norm: Batch normalization before every activation.
+      dropout_rate: Dropout before the logits.
+
+    Returns:
+      The layer specification.
+    """
+    _check_positive(depth=depth, width=width, num_classes=num_classes)
+
+    def pre() -> tuple[g.Node, ...]:
+        return ((g.BatchNorm(),) if use_batch_norm else ()) + (g.Act(),)
+
+    layers: list[g.Node] = [g.Flatten(), g.Dense(width, name="stem")]
+    for i in range(depth // 2):
+        branch = g.Sequential((g.Dense(width),) + pre() + (g.Dense(width),))
+        layers.append(g.PreActResidual(g.Sequential(pre()), branch, None, shortcut_weight,
+                                       name=f"block_{i}"))
+    layers += list(pre())
+    if dropout_rate:
+        layers.append(g.Dropout(dropout_rate))
+    layers.append(g.Dense(num_classes, name="logits"))
+    return g.Sequential(tuple(layers), name=f"residual_mlp_{depth}x{width}")
+
+
 def resnet(depth: int, num_classes: int, *, shortcut_weight: float | None = 0.0,
            width_multiplier: float = 1.0, stem: str = "imagenet", use_batch_norm: bool = False,
            dropout_rate: float = 0.0, pln_mode: str | None = None) -> g.Sequential:

@@ -39,6 +39,10 @@ from dks_jax.train import metrics as metrics_lib
 log = logging.getLogger(__name__)
 
 
+# K-FAC statistics that are NaN unless its adaptive learning rate/momentum/damping are on (not logged then).
+_ADAPTIVE_KFAC_STATS = frozenset({"new_loss", "rho", "quad_model_change"})
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or the parameters became NaN/Inf; the last good checkpoint was kept."""
 
@@ -316,7 +320,9 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike, *, progress: boo
                     if not all(math.isfinite(v) for v in loss_values):
                         raise diverged(step, "the training loss")
                     last_train = {k: float(np.mean([float(m[k]) for m in host])) for k in host[-1]
-                                  if np.ndim(host[-1][k]) == 0}
+                                  if np.ndim(host[-1][k]) == 0 and k not in ("step", "batch_size")}
+                    last_train = {k: v for k, v in last_train.items()
+                                  if math.isfinite(v) or k not in _ADAPTIVE_KFAC_STATS}
                     if is_main:
                         writer.write("train", step, {**last_train, "epoch": step / exp.steps_per_epoch})
                     bar.update(step, last_train)

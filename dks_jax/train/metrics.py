@@ -54,8 +54,9 @@ class MetricsWriter:
 
     def write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends one row ``{"kind": kind, "step": step, **metrics}``."""
-        row = {"kind": kind, "step": int(step), "time": time.time(),
-               **{k: _to_python(v) for k, v in metrics.items()}}
+        # The row's own keys win: K-FAC reports a "step" statistic of its own.
+        row = {**{k: _to_python(v) for k, v in metrics.items()},
+               "kind": kind, "step": int(step), "time": time.time()}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

@@ -1,0 +1,192 @@
+"""Training tables: test accuracy against depth per method and optimizer, from real training runs.
+
+``mnist_depth`` and ``fashion_mnist_depth`` train vanilla MLPs of depth {10, 50, 100} with
+{TAT Leaky ReLU, TAT softplus, DKS softplus, EOC ReLU, untransformed ReLU with standard init} and the
+batch-norm residual MLP of the same depth, each with SGD and K-FAC, on the real idx files in
+``../shared/data``. ``--quick`` (2 CPU cores, well within an hour for both tables) trains width-128 nets
+for half an epoch; the full mode trains width-256 nets for 2 epochs. The papers' claims to check: TAT
+stays close to the ResNet and does not degrade with depth; EOC does degrade.
+
+``cifar10_depth`` and ``imagenet_depth`` are launch tables for accelerators: they list the exact
+commands (configs/cifar10.py, configs/imagenet.py) and the expected run time per row, and fill in the
+accuracy of every row whose run directory already holds a ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from experiments import tables
+
+DEPTHS = (10, 50, 100)
+# (row label, config fields). TAT's eta = 0.9 is unreachable with 10 Leaky ReLU layers (their maximal
+# C(0) is 0.87), so the 10-layer row uses eta = 0.8.
+METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("TAT leaky_relu", dict(model="mlp", method="TAT", activation="leaky_relu")),
+    ("TAT softplus", dict(model="mlp", method="TAT", activation="softplus")),
+    ("DKS softplus", dict(model="mlp", method="DKS", activation="softplus")),
+    ("EOC relu", dict(model="mlp", method="EOC", activation="relu")),
+    ("untransformed relu (standard init)", dict(model="mlp", method="untransformed",
+                                                activation="relu", init="lecun_normal")),
+    ("ResNet + BN (relu)", dict(model="residual_mlp_bn", method="untransformed", activation="relu",
+                                init="he_normal")),
+)
+OPTIMIZERS = ("sgd", "kfac")
+
+
+def _config(dataset: str, depth: int, fields: dict[str, Any], optimizer: str, quick: bool):
+    from dks_jax import configlib
+
+    c = configlib.base_config()
+    c.dataset = dataset
+    c.depth = depth
+    c.width = 128 if quick else 256
+    c.num_epochs = 0.5 if quick else 2.0
+    c.batch_size = 128
+    c.optimizer = optimizer
+    c.learning_rate = 0.01
+    c.schedule = "cosine"
+    c.warmup_epochs = 0.1
+    c.weight_decay = 1e-5
+    c.checkpoint_every_steps = 10**9  # one checkpoint, at the end
+    c.eval_every_steps = 10**9
+    c.log_every_steps = 50
+    for key, value in fields.items():
+        c[key] = value
+    if c.method == "TAT" and c.activation == "leaky_relu" and depth < 13:
+        c.c_val_0_target = 0.8
+    c.lock()
+    return c
+
+
+def _run(config, workdir: Path) -> dict[str, Any]:
+    """Trains one row (or reuses a finished run in ``workdir``)."""
+    from dks_jax.train import loop
+
+    summary_path = workdir / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "completed":
+            return summary
+    try:
+        return loop.train_and_evaluate(config, workdir, progress=False)
+    except (ValueError, loop.TrainingDivergedError) as err:
+        return {"status": "failed", "message": str(err).splitlines()[0][:160]}
+
+
+def _depth_table(dataset: str, name: str, workdir: Path, quick: bool) -> tables.TableResult:
+    import matplotlib.pyplot as plt
+
+    results: dict[str, Any] = {}
+    rows = []
+    for optimizer in OPTIMIZERS:
+        for label, fields in METHODS:
+            for depth in DEPTHS:
+                run_dir = workdir / f"{name}_runs" / f"{optimizer}_{label.split()[0]}_{fields['activation']}_" \
+                    f"{fields['model']}_{depth}".replace(" ", "_")
+                summary = _run(_config(dataset, depth, fields, optimizer, quick), run_dir)
+                results[f"{optimizer}|{label}|{depth}"] = summary
+                ok = summary.get("status") == "completed"
+                rows.append([optimizer, label, depth,
+                             tables.fmt(summary["train_loss"], 4) if ok else "-",
+                             tables.fmt(summary["test_accuracy"], 4) if ok else "-",
+                             f"{summary['wall_seconds']:.0f}" if ok else summary.get("message", "")])
+
+    fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(5.5 * len(OPTIMIZERS), 4), sharey=True)
+    for ax, optimizer in zip(axes, OPTIMIZERS):
+        for label, _ in METHODS:
+            accs = [results[f"{optimizer}|{label}|{d}"].get("test_accuracy", math.nan) for d in DEPTHS]
+            ax.plot(DEPTHS, accs, "o-", label=label)
+        ax.set_title(f"{dataset}, {optimizer}")
+        ax.set_xlabel("depth (nonlinear layers)")
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[-1].legend(fontsize=7, loc="lower left")
+    fig_path = workdir / f"{name}_accuracy.png"
+    tables.save_figure(fig, fig_path)
+    plt.close(fig)
+
+    setup = (f"Vanilla MLPs of width {128 if quick else 256}, {'half an epoch' if quick else '2 epochs'}, "
+             "batch 128, cosine schedule with peak learning rate 0.01 (Nesterov momentum 0.9 for SGD; "
+             "K-FAC with damping 1e-3, curvature EMA 0.95, inverses every 5 steps), weight decay 1e-5. "
+             "TAT eta = 0.9 (0.8 at depth 10, where 0.9 is unreachable), TAT tau = 0.3, DKS zeta = 1.5. "
+             "The ResNet row is a pre-activation residual MLP with batch norm and the same number of "
+             "nonlinear layers plus one.")
+    body = (setup + "\n\n" + tables.markdown_table(
+        ["optimizer", "method", "depth", "final train loss", "test accuracy", "seconds"], rows)
+        + "\n\n" + tables.figure_link(fig_path, f"{dataset}: test accuracy against depth"))
+    return tables.TableResult(markdown=body, figures=[fig_path], data={"results": results})
+
+
+@tables.register_table("mnist_depth", group="training",
+                       title="MNIST: test accuracy against depth, per method and optimizer")
+def mnist_depth(workdir: Path, quick: bool) -> tables.TableResult:
+    return _depth_table("mnist", "mnist_depth", workdir, quick)
+
+
+@tables.register_table("fashion_mnist_depth", group="training",
+                       title="Fashion-MNIST: test accuracy against depth, per method and optimizer")
+def fashion_mnist_depth(workdir: Path, quick: bool) -> tables.TableResult:
+    return _depth_table("fashion_mnist", "fashion_mnist_depth", workdir, quick)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch tables for accelerators.
+
+_LAUNCH = {
+    "cifar10_depth": ("configs/cifar10.py", (18, 34, 50, 101),
+                      (("TAT", "vanilla_resnet", "leaky_relu"), ("DKS", "vanilla_resnet", "softplus"),
+                       ("EOC", "vanilla_resnet", "relu"), ("TAT", "tat_resnet", "leaky_relu"),
+                       ("untransformed", "resnet_bn", "relu")),
+                      # Hours per 200-epoch run on one modern GPU, by depth (ResNet-50 ~ 4 h at width 1).
+                      {18: 1.5, 34: 2.5, 50: 4.0, 101: 7.0}),
+    "imagenet_depth": ("configs/imagenet.py", (50, 101, 152, 200),
+                       (("TAT", "vanilla_resnet", "leaky_relu"), ("DKS", "vanilla_resnet", "softplus"),
+                        ("EOC", "vanilla_resnet", "relu"), ("untransformed", "resnet_bn", "relu")),
+                       # Hours per 90-epoch run on 8 modern accelerators, by depth (SGD; K-FAC ~1.4x).
+                       {50: 12.0, 101: 20.0, 152: 28.0, 200: 36.0}),
+}
+
+
+def _launch_table(name: str, workdir: Path) -> tables.TableResult:
+    config_file, depths, methods, hours = _LAUNCH[name]
+    rows = []
+    for method, arch, activation in methods:
+        for depth in depths:
+            for optimizer in ("sgd", "kfac"):
+                arg = f"arch={arch},depth={depth},optimizer={optimizer}"
+                if arch != "resnet_bn":
+                    arg += f",method={method},activation={activation}"
+                run = f"runs/{name}/{arch}_{method}_{depth}_{optimizer}"
+                summary_path = workdir / run / "summary.json"
+                acc = "-"
+                if summary_path.exists():
+                    acc = tables.fmt(json.loads(summary_path.read_text()).get("test_accuracy"), 4)
+                expected = hours[depth] * (1.4 if optimizer == "kfac" else 1.0)
+                rows.append([f"{method} {activation}" if arch != "resnet_bn" else "ResNet-V2 + BN",
+                             arch, depth, optimizer, f"{expected:.1f} h", acc,
+                             f"`python -m experiments.train --config={config_file}:{arg} --workdir={run}`"])
+    body = ("Launch these on accelerators; rerun this table (with the same --workdir) to collect the "
+            "accuracies of finished runs. Expected times are estimates for one modern GPU (CIFAR-10) or "
+            "8 accelerators (ImageNet), not measurements.\n\n"
+            + tables.markdown_table(["method", "arch", "depth", "optimizer", "expected time",
+                                     "test accuracy", "command"], rows))
+    return tables.TableResult(markdown=body, figures=[], data={"rows": rows})
+
+
+@tables.register_table("cifar10_depth", group="launch",
+                       title="CIFAR-10: depth table (launch on a GPU)")
+def cifar10_depth(workdir: Path, quick: bool) -> tables.TableResult:
+    del quick
+    return _launch_table("cifar10_depth", workdir)
+
+
+@tables.register_table("imagenet_depth", group="launch",
+                       title="ImageNet: depth table (launch on accelerators)")
+def imagenet_depth(workdir: Path, quick: bool) -> tables.TableResult:
+    del quick
+    return _launch_table("imagenet_depth", workdir)
