@@ -1,0 +1,375 @@
+"""Model registry: config -> layer specification -> solved activation -> Haiku model.
+
+``build_model(config, num_classes, input_shape)`` is the only way the rest of the project gets a network.
+It builds the layer specification named by ``config.model``, solves the activation transformation on
+*that* specification (the solver derives the subnetwork-maximizing function ``M`` from it) and wraps the
+interpreter of ``builder`` in ``hk.transform_with_state``. Change the layout and both the parameters and
+the activation follow.
+
+Registered models:
+
+* ``mlp``: ``config.depth`` hidden layers of ``config.width`` units;
+* ``vanilla_resnet``: the ResNet-V2 shape of ``config.depth`` with every shortcut and normalization layer
+  removed (the DKS/TAT papers' vanilla network);
+* ``tat_resnet``: the same with shortcuts of weight ``config.shortcut_weight`` in (0, 1) and residual
+  weight ``sqrt(1 - w^2)``, no normalization;
+* ``convnet``: a vanilla all-convolutional network (3x3 stem, ``config.depth`` activation / 3x3 conv
+  pairs of ``config.width`` channels, two of them strided);
+* ``resnet_bn``: the standard ResNet-V2 baseline (batch norm, plain shortcut sums), untransformed ReLU and
+  He initialization;
+* ``residual_mlp_bn``: its MLP-shaped counterpart (dense stem, ``config.depth // 2`` pre-activation
+  residual blocks of two dense layers, batch norm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dks_jax import transforms
+from dks_jax.kernels import graph as g
+from dks_jax.kernels import layouts
+from dks_jax.nets import builder
+from dks_jax.nets import initializers
+
+SpecFactory = Callable[[Any, int], g.Sequential]
+
+_REGISTRY: dict[str, SpecFactory] = {}
+
+
+def register_model(name: str) -> Callable[[SpecFactory], SpecFactory]:
+    """Registers ``factory(config, num_classes) -> layer specification`` under ``name``."""
+
+    def decorator(factory: SpecFactory) -> SpecFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"Model {name!r} is already registered.")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_REGISTRY)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config helpers.
+
+
+def _field(config: Any, key: str, default: Any = None) -> Any:
+    """``config.key`` for ConfigDicts, dicts and plain objects, with a default for optional fields."""
+    if isinstance(config, Mapping) or hasattr(config, "get"):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def _pln_mode(config: Any) -> str | None:
+    mode = _field(config, "pln_mode", "")
+    return None if mode in ("", None) else str(mode)
+
+
+def _resnet_depth(config: Any) -> int:
+    depth = _field(config, "depth")
+    if depth not in layouts.RESNET_SHAPES:
+        raise ValueError(f"config.depth={depth!r} is not a ResNet depth for model "
+                         f"{_field(config, 'model')!r}; valid: {sorted(layouts.RESNET_SHAPES)}.")
+    return int(depth)
+
+
+def _resnet_kwargs(config: Any) -> dict[str, Any]:
+    stem = _field(config, "stem", "imagenet")
+    if stem not in layouts.STEMS:
+        raise ValueError(f"config.stem={stem!r} is invalid; valid: {', '.join(layouts.STEMS)}.")
+    multiplier = float(_field(config, "width_multiplier", 1.0))
+    if multiplier <= 0:
+        raise ValueError(f"config.width_multiplier must be > 0, got {multiplier}.")
+    return dict(width_multiplier=multiplier, stem=stem,
+                dropout_rate=float(_field(config, "dropout_rate", 0.0)), pln_mode=_pln_mode(config))
+
+
+def _require_no_shortcut_weight(config: Any) -> None:
+    w = _field(config, "shortcut_weight", 0.0)
+    if w not in (0, 0.0, None):
+        raise ValueError(f"config.shortcut_weight={w} is only read by model 'tat_resnet'; model "
+                         f"{_field(config, 'model')!r} ignores it. Set it to 0.0 or use "
+                         "model='tat_resnet'.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The registered layouts.
+
+
+@register_model("mlp")
+def _mlp(config: Any, num_classes: int) -> g.Sequential:
+    _require_no_shortcut_weight(config)
+    depth, width = _field(config, "depth"), _field(config, "width")
+    for key, value in (("depth", depth), ("width", width)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key} must be a positive integer for model 'mlp', got {value!r}.")
+    return layouts.mlp(depth, width, num_classes, dropout_rate=float(_field(config, "dropout_rate", 0.0)),
+                       pln_mode=_pln_mode(config))
+
+
+@register_model("convnet")
+def _convnet(config: Any, num_classes: int) -> g.Sequential:
+    _require_no_shortcut_weight(config)
+    depth, width = _field(config, "depth"), _field(config, "width")
+    for key, value in (("depth", depth), ("width", width)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key} must be a positive integer for model 'convnet', got "
+                             f"{value!r}.")
+    return layouts.convnet(depth, width, num_classes,
+                           dropout_rate=float(_field(config, "dropout_rate", 0.0)),
+                           pln_mode=_pln_mode(config))
+
+
+@register_model("vanilla_resnet")
+def _vanilla_resnet(config: Any, num_classes: int) -> g.Sequential:
+    _require_no_shortcut_weight(config)
+    return layouts.resnet(_resnet_depth(config), num_classes, shortcut_weight=0.0,
+                          **_resnet_kwargs(config))
+
+
+@register_model("tat_resnet")
+def _tat_resnet(config: Any, num_classes: int) -> g.Sequential:
+    w = _field(config, "shortcut_weight")
+    if not isinstance(w, (int, float)) or not 0.0 < w < 1.0:
+        raise ValueError(f"config.shortcut_weight={w!r} is invalid for model 'tat_resnet': it must lie "
+                         "strictly between 0 and 1 (0 is model 'vanilla_resnet'; a plain shortcut sum "
+                         "is model 'resnet_bn').")
+    return layouts.resnet(_resnet_depth(config), num_classes, shortcut_weight=float(w),
+                          **_resnet_kwargs(config))
+
+
+def _require_standard_baseline(config: Any) -> None:
+    """The batch-normalized baselines: untransformed ReLU with He initialization, plain shortcut sums."""
+    _require_no_shortcut_weight(config)
+    model, method, activation = (_field(config, "model"), _field(config, "method"),
+                                 _field(config, "activation"))
+    if method != "untransformed":
+        raise ValueError(f"config.method={method!r} is invalid for model {model!r}: batch-normalized "
+                         "networks have no kernel map to transform for; valid: 'untransformed'.")
+    if activation != "relu":
+        raise ValueError(f"config.activation={activation!r} is invalid for model {model!r}: the "
+                         "standard batch-normalized baseline uses 'relu'; valid: 'relu'.")
+    init = _field(config, "init", "")
+    if init not in ("", "default", "he_normal"):
+        raise ValueError(f"config.init={init!r} is invalid for model {model!r}: the standard baseline "
+                         "uses He initialization; valid: 'he_normal' (or '' for the default).")
+
+
+@register_model("resnet_bn")
+def _resnet_bn(config: Any, num_classes: int) -> g.Sequential:
+    _require_standard_baseline(config)
+    return layouts.resnet(_resnet_depth(config), num_classes, shortcut_weight=None,
+                          use_batch_norm=True, **_resnet_kwargs(config))
+
+
+@register_model("residual_mlp_bn")
+def _residual_mlp_bn(config: Any, num_classes: int) -> g.Sequential:
+    _require_standard_baseline(config)
+    depth, width = _field(config, "depth"), _field(config, "width")
+    for key, value in (("depth", depth), ("width", width)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key} must be a positive integer for model 'residual_mlp_bn', got "
+                             f"{value!r}.")
+    if depth < 2:
+        raise ValueError(f"config.depth={depth} is too small for model 'residual_mlp_bn': each residual "
+                         "block has 2 nonlinear layers; valid: depth >= 2.")
+    if _pln_mode(config) is not None:
+        raise ValueError(f"config.pln_mode={_pln_mode(config)!r} is not supported by model "
+                         "'residual_mlp_bn' (its layout has no per-location normalization); valid: ''.")
+    return layouts.residual_mlp(depth, width, num_classes, shortcut_weight=None, use_batch_norm=True,
+                                dropout_rate=float(_field(config, "dropout_rate", 0.0)))
+
+
+def model_spec(config: Any, num_classes: int) -> g.Sequential:
+    """The layer specification of ``config.model`` (validates the model's config fields)."""
+    name = _field(config, "model")
+    if name not in _REGISTRY:
+        raise ValueError(f"config.model={name!r} is unknown; valid: {', '.join(list_models())}.")
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    return _REGISTRY[name](config, num_classes)
+
+
+def resolve_init(config: Any) -> str:
+    """The weight initializer for ``config``: ``config.init``, or the method's default when ''.
+
+    Defaults: 'orthogonal' (SUO / Delta) for DKS, TAT and EOC, whose activations are normalized for
+    q-preserving weights; 'he_normal' for an untransformed ReLU and 'lecun_normal' for other untransformed
+    activations.
+
+    Raises:
+      ValueError: Unknown name, or He initialization with a transformed activation (DKS/TAT/EOC already
+        fold the right scale into the activation, so He's factor 2 would double q at every layer).
+    """
+    method, activation = _field(config, "method"), _field(config, "activation")
+    init = _field(config, "init", "") or "default"
+    if init == "default":
+        if method == "untransformed":
+            return "he_normal" if activation == "relu" else "lecun_normal"
+        return "orthogonal"
+    if init not in initializers.INIT_NAMES:
+        raise ValueError(f"config.init={init!r} is unknown; valid: "
+                         f"{', '.join(initializers.INIT_NAMES)} (or '' for the method's default).")
+    if init == "he_normal" and method != "untransformed":
+        raise ValueError(f"config.init='he_normal' does not go with config.method={method!r}: the "
+                         "transformed activation already has the edge-of-chaos scale, so He's factor 2 "
+                         "would double q at every layer. Use 'orthogonal' or 'lecun_normal', or "
+                         "method 'untransformed'.")
+    return init
+
+
+def solve_activation(config: Any, spec: g.Node) -> transforms.TransformedActivation:
+    """Solves ``config.activation`` under ``config.method`` for the network ``spec``."""
+    name, method = _field(config, "activation"), _field(config, "method")
+    if method not in transforms.METHODS:
+        raise ValueError(f"config.method={method!r} is unknown; valid: {', '.join(transforms.METHODS)}.")
+    dks = transforms.DKSTargets(c_slope_1_target=float(_field(config, "c_slope_1_target", 1.5)),
+                                local_q_slope_target=float(_field(config, "local_q_slope_target", 1.0)))
+    tat = transforms.TATTargets(c_val_0_target=float(_field(config, "c_val_0_target", 0.9)),
+                                c_curve_target=float(_field(config, "c_curve_target", 0.3)))
+    try:
+        return transforms.transform(name, method, network=spec, dks=dks, tat=tat)
+    except ValueError as e:  # SolverError too: keep its type, add which config fields are involved
+        raise type(e)(f"config.activation={name!r}, config.method={method!r}, model "
+                      f"{getattr(spec, 'name', None)!r}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# The model object.
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A network built from a layer specification, with its solved activation.
+
+    Attributes:
+      name: The registry name (``config.model``).
+      spec: The layer specification (the kernel graph the activation was solved for).
+      activation: The (transformed) activation used at every ``Act`` node of ``spec``.
+      init_name: The weight initializer's name.
+      num_classes: Number of logits.
+      input_shape: Shape of one input example (without the batch axis).
+      transformed: The ``hk.TransformedWithState`` of the forward function
+        ``f(images, is_training=False, return_trace=False)``.
+    """
+
+    name: str
+    spec: g.Sequential
+    activation: transforms.TransformedActivation
+    init_name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    transformed: hk.TransformedWithState = dataclasses.field(compare=False, repr=False)
+    # Jitted copies of transformed.init / transformed.apply: eager Haiku dispatches (and compiles) every
+    # op separately, which for a deep net costs far more than one compilation of the whole graph.
+    _jit_init: Callable[..., Any] = dataclasses.field(init=False, compare=False, repr=False)
+    _jit_apply: Callable[..., Any] = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_jit_init",
+                           jax.jit(self.transformed.init, static_argnames=("is_training",)))
+        object.__setattr__(self, "_jit_apply", jax.jit(self.transformed.apply,
+                                                       static_argnames=("is_training", "return_trace")))
+
+    @property
+    def uses_batch_norm(self) -> bool:
+        """Whether the network has batch normalization (and so mutable state and no kernel map)."""
+        return g.uses_batch_norm(self.spec)
+
+    def dummy_input(self, batch_size: int = 1) -> jax.Array:
+        """Zeros of shape ``(batch_size, *input_shape)`` (the initializers do not read input values)."""
+        return jnp.zeros((batch_size,) + self.input_shape, jnp.float32)
+
+    def init(self, rng: jax.Array, images: jax.Array | None = None) -> tuple[hk.Params, hk.State]:
+        """Initial ``(params, state)``; ``images`` defaults to ``dummy_input()``."""
+        images = self.dummy_input() if images is None else images
+        return self._jit_init(rng, images, is_training=True)
+
+    def apply(self, params: hk.Params, state: hk.State, rng: jax.Array | None, images: jax.Array,
+              is_training: bool = False) -> tuple[jax.Array, hk.State]:
+        """Logits and the new state (batch-norm statistics; empty for the other models).
+
+        Not jitted: wrap the training step in ``jax.jit``. This matters for K-FAC: kfac-jax 0.0.8's graph
+        matcher registers every layer behind an inner ``jax.jit`` as a generic (diagonal) block instead of
+        a dense / conv2d one. ``apply_jit`` is the jitted copy for inference and diagnostics.
+
+        Args:
+          params: Parameters.
+          state: State (``{}`` without batch norm).
+          rng: PRNG key; needed only for dropout in training.
+          images: Input batch.
+          is_training: Training mode (dropout on, batch norm on batch statistics).
+
+        Returns:
+          ``(logits, new_state)``.
+        """
+        return self.transformed.apply(params, state, rng, images, is_training=is_training)
+
+    def apply_jit(self, params: hk.Params, state: hk.State, rng: jax.Array | None, images: jax.Array,
+                  is_training: bool = False) -> tuple[jax.Array, hk.State]:
+        """``apply`` under ``jax.jit`` (compiled once per input shape; not for K-FAC loss functions)."""
+        return self._jit_apply(params, state, rng, images, is_training=is_training)
+
+    def apply_with_trace(self, params: hk.Params, state: hk.State, images: jax.Array,
+                         rng: jax.Array | None = None, is_training: bool = False
+                         ) -> tuple[tuple[jax.Array, list[jax.Array]], hk.State]:
+        """``((logits, trace), new_state)``, jitted: trace entry ``i`` is the output of top-level layer
+        ``i`` of ``spec`` (the points where ``dks_jax.kernels.graph.trace`` predicts kernel values)."""
+        return self._jit_apply(params, state, rng, images, is_training=is_training, return_trace=True)
+
+    @staticmethod
+    def num_params(params: hk.Params) -> int:
+        """Number of trainable scalars in ``params``."""
+        return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)))
+
+    def param_shapes(self) -> hk.Params:
+        """Parameter shapes (``jax.ShapeDtypeStruct``s) without allocating or initializing anything."""
+        params, _ = jax.eval_shape(functools.partial(self.transformed.init, is_training=True),
+                                   jax.random.PRNGKey(0), self.dummy_input())
+        return params
+
+
+def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | list[int]) -> Model:
+    """Builds the model described by ``config``.
+
+    Args:
+      config: A config with the model fields of ``configs/default.py`` (``model``, ``depth``, ``width``,
+        ``width_multiplier``, ``stem``, ``shortcut_weight``, ``dropout_rate``, ``init``, ``pln_mode``,
+        ``activation``, ``method`` and the DKS/TAT targets).
+      num_classes: Number of logits.
+      input_shape: Shape of one input example without the batch axis: ``(H, W, C)`` images (required by
+        the ResNets) or ``(D,)`` vectors (MLP only). Per-location normalization, when
+        ``config.pln_mode`` is set, is the model's first layer: do not apply it in the input pipeline too.
+
+    Returns:
+      The ``Model``.
+
+    Raises:
+      ValueError: Invalid config fields (the message names the field and its valid values), or targets
+        the solver cannot reach (``transforms.SolverError``).
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    name = _field(config, "model")
+    if name not in ("mlp", "residual_mlp_bn") and len(input_shape) != 3:
+        raise ValueError(f"Model {name!r} needs image inputs of shape (H, W, C), got input_shape "
+                         f"{input_shape}.")
+    if _pln_mode(config) is not None and len(input_shape) < 2:
+        raise ValueError(f"config.pln_mode={_pln_mode(config)!r} needs inputs with a channel axis "
+                         f"(H, W, C), got input_shape {input_shape}.")
+    spec = model_spec(config, num_classes)
+    init = resolve_init(config)
+    activation = solve_activation(config, spec)
+    forward = builder.make_forward(spec, activation, init=init)
+    return Model(name=name, spec=spec, activation=activation, init_name=init, num_classes=num_classes,
+                 input_shape=input_shape, transformed=hk.transform_with_state(forward))
