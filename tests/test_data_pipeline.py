@@ -184,4 +184,11 @@ def test_presets():
     assert data.train_augmenter("mnist") is None and data.eval_transform("cifar10") is None
     norm = data.default_normalization("tfds_cifar10", pln_mode="avg_q")
     assert norm.mean == data.normalize.CIFAR10_MEAN and norm.output_channels(3) == 4
-    assert data.default_normalization("digits").mean is None
+    assert data.default_normalization("synthetic").mean is None
+    # digits: centred with its measured statistics, and shifted by at most one pixel, never flipped.
+    digits = data.get_dataset("digits", "train")
+    pixels = digits.images.astype(np.float64) / 255.0
+    norm = data.default_normalization("digits")
+    assert abs(norm.mean[0] - pixels.mean()) < 1e-3 and abs(norm.std[0] - pixels.std()) < 1e-3
+    shift = data.train_augmenter("digits")
+    assert isinstance(shift, data.PadCropFlip) and shift.pad == 1 and not shift.flip
