@@ -134,6 +134,8 @@ def standard_rows() -> list[tuple[str, str, g.Node, Shape]]:
                                  ("resnet_bn", None, True)):
                 spec = layouts.resnet(depth, classes, shortcut_weight=w, stem=stem, use_batch_norm=bn)
                 rows.append((f"{model}-{depth}", label, spec, shape))
+    for depth, width in ((50, 64), (100, 64)):
+        rows.append((f"convnet {depth}x{width}", "MNIST 28x28", layouts.convnet(depth, width, 10), (28, 28, 1)))
     for depth, width, label, shape, classes in ((30, 256, "digits 8x8", (8, 8, 1), 10),
                                                 (50, 1024, "MNIST 28x28", (28, 28, 1), 10),
                                                 (100, 1024, "CIFAR 32", CIFAR_SHAPE, 10)):
