@@ -118,5 +118,7 @@ def tiny(c: ml_collections.ConfigDict, *, depth: int | None = None) -> ml_collec
     c.max_steps = 3
     c.log_every_steps = 1
     c.kfac_burnin_steps = min(c.kfac_burnin_steps, 1)
+    # Every step then traces to the same K-FAC program: one compilation instead of two.
+    c.kfac_inverse_update_period = 1
     c.image_size = min(c.image_size, 64)
     return c
