@@ -74,6 +74,7 @@ def test_per_location_pairs_on_rgb_images_with_pln():
     assert status == 0, out
     assert "per-location kernels" in out and "PLN (const)" in out
     assert "0.250/0.250" in out  # c = 0 after PLN with 3 channels: (3 * 0 + 1) / 4
+    assert "GlobalAvgPool" in out and "pooling: not checked" in out
 
 
 def test_single_channel_convnet_falls_back_to_gaussian_inputs():
