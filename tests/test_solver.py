@@ -201,10 +201,13 @@ def test_compat_keys_and_functions():
     assert p2 == p
 
 
-def test_jit_and_dtype_preservation():
-    act = dks_jax.transform("softplus", "DKS", network=NET)
+@pytest.mark.parametrize("name,method", [("softplus", "DKS"), ("leaky_relu", "TAT"), ("gelu", "TAT"),
+                                         ("relu", "EOC"), ("leaky_relu", "DKS")])
+def test_jit_and_dtype_preservation(name, method):
+    act = dks_jax.transform(name, method, network=NET)
     x = jnp.ones((3,), jnp.bfloat16)
     assert jax.jit(act)(x).dtype == jnp.bfloat16
+    assert act(x).dtype == jnp.bfloat16
 
 
 def test_results_are_bit_identical_across_processes():

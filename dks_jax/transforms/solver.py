@@ -347,6 +347,7 @@ def _default_theta(spec: activations.ActivationSpec) -> tuple[float, ...]:
 def _make(spec: activations.ActivationSpec, method: str, theta: Sequence[float],
           keys: tuple[str, ...], local_targets: dict[str, float]) -> TransformedActivation:
     names = _shape_names(spec)
+    theta = [float(v) for v in theta]  # Python floats stay weakly typed: bf16 inputs keep their dtype
     return TransformedActivation(
         name=spec.name, method=method, input_scale=theta[0], input_shift=theta[1],
         output_shift=theta[2], output_scale=theta[3],
