@@ -65,9 +65,18 @@ class TransformedActivation:
                                      self.output_scale, [v for _, v in self.shape_params])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Python floats are weakly typed in JAX, so bfloat16/float32 inputs keep their dtype.
-        y = self.spec.fn(self.input_scale * x + self.input_shift, **dict(self.shape_params))
-        return self.output_scale * (y + self.output_shift)
+        # Python floats are weakly typed in JAX, so bfloat16/float32 inputs keep their dtype. Identity
+        # parameters emit no op: XLA may not drop `x + 0.0` (it changes -0.0), and TReLU has three of them.
+        if self.input_scale != 1.0:
+            x = self.input_scale * x
+        if self.input_shift != 0.0:
+            x = x + self.input_shift
+        y = self.spec.fn(x, **dict(self.shape_params))
+        if self.output_shift != 0.0:
+            y = y + self.output_shift
+        if self.output_scale != 1.0:
+            y = self.output_scale * y
+        return y
 
     def as_dict(self) -> dict[str, float]:
         """The parameters under the keys of the public ``dks`` package (``get_activation_params``)."""
