@@ -141,10 +141,12 @@ class Experiment:
         self.total_steps = int(round(float(config.num_epochs) * self.steps_per_epoch))
         max_steps = int(_get(config, "max_steps", 0))
         self.stop_step = min(self.total_steps, max_steps) if max_steps else self.total_steps
-        example = data_lib.train_batch(self.train_ds, 0, global_batch_size=self.batch_size,
-                                       seed=int(config.seed), augment=self.augment,
-                                       normalization=self.normalization)
-        self.input_shape = tuple(example["image"].shape[1:])
+        # This host's part of batch 0: it fixes the input shape and initializes the model and optimizer.
+        self._example = data_lib.train_batch(
+            self.train_ds, 0, global_batch_size=self.batch_size, seed=int(config.seed),
+            process_index=self.process_index, process_count=self.process_count, augment=self.augment,
+            normalization=self.normalization)
+        self.input_shape = tuple(self._example["image"].shape[1:])
         self.num_classes = int(self.train_ds.num_classes)
         self.model = nets.build_model(config, self.num_classes, self.input_shape)
         self.schedule = make_schedule(config, self.total_steps, self.steps_per_epoch)
@@ -160,41 +162,31 @@ class Experiment:
             register_for_kfac=self.config.optimizer == "kfac")
         return loss, (new_state, {"accuracy": losses.accuracy(logits, batch["label"])})
 
-    def train_iterator(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+    def _stream(self, seed: int, start_step: int, num_steps: int) -> Iterator[dict[str, jax.Array]]:
+        """Prefetched global batches ``start_step ..`` of the training stream with this seed."""
         return data_lib.train_iterator(
-            self.train_ds, global_batch_size=self.batch_size, seed=int(self.config.seed),
-            start_step=start_step, num_steps=self.stop_step - start_step,
-            process_index=self.process_index, process_count=self.process_count,
+            self.train_ds, global_batch_size=self.batch_size, seed=seed, start_step=start_step,
+            num_steps=num_steps, process_index=self.process_index, process_count=self.process_count,
             augment=self.augment, normalization=self.normalization,
             transfer_fn=lambda b: _put_global(b, self.mesh))
 
+    def train_iterator(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+        return self._stream(int(self.config.seed), start_step, self.stop_step - start_step)
+
     def burnin_batches(self) -> Iterator[dict[str, jax.Array]]:
         """K-FAC burn-in batches from a separate stream, so the training stream is not shifted."""
-        return data_lib.train_iterator(
-            self.train_ds, global_batch_size=self.batch_size, seed=int(self.config.seed) + 7919,
-            start_step=0, num_steps=int(self.optimizer.num_burnin_steps),
-            process_index=self.process_index, process_count=self.process_count,
-            augment=self.augment, normalization=self.normalization,
-            transfer_fn=lambda b: _put_global(b, self.mesh))
+        return self._stream(int(self.config.seed) + 7919, 0, int(self.optimizer.num_burnin_steps))
 
     def init_state(self) -> dict[str, Any]:
         """Fresh ``{"params", "state", "opt_state", "step"}`` (before any burn-in)."""
         key = jax.random.PRNGKey(int(self.config.seed))
         init_key, opt_key = jax.random.split(key)
-        with self._first_batch() as first:
-            example = next(iter(first))
+        example = _put_global(self._example, self.mesh)
         params, state = self.model.init(init_key, example["image"])
         params, state = sharding.replicate(params, self.mesh), sharding.replicate(state, self.mesh)
         opt_state = self.optimizer.init(params, state, opt_key, example)
         return {"params": params, "state": state, "opt_state": opt_state,
                 "step": np.asarray(0, np.int64)}
-
-    def _first_batch(self):
-        return data_lib.train_iterator(
-            self.train_ds, global_batch_size=self.batch_size, seed=int(self.config.seed),
-            start_step=0, num_steps=1, process_index=self.process_index,
-            process_count=self.process_count, augment=self.augment,
-            normalization=self.normalization, transfer_fn=lambda b: _put_global(b, self.mesh))
 
     def evaluate(self, params, state) -> dict[str, float]:
         """Loss and accuracy over the whole evaluation split (padded batches are masked out)."""
