@@ -252,7 +252,7 @@ def predictions(model: nets.Model, input_channels: int,
     out = []
     for idx, layer in enumerate(model.spec.layers):
         if isinstance(layer, g.PerLocationNorm) and layer.homog_mode not in ("none", "off"):
-            c = (channels * c + 1.0) / (channels + 1.0)
+            c = np.asarray(g.pln_input_c_map(layer, c, channels), np.float64)
             q = 1.0
         else:
             c = np.asarray(g.propagate(layer, c, c_map), np.float64)

@@ -231,3 +231,21 @@ def test_trace_lists_every_top_level_layer():
     values = g.trace(spec, 0.0, lambda y: y + 1.0)
     assert len(values) == len(spec.layers)
     assert values[-1] == 3.0
+
+
+@pytest.mark.parametrize("mode", ["const", "avg_q", "none"])
+def test_pln_input_c_map_matches_normalizing_real_arrays(mode):
+    from dks_jax.data import pln  # NumPy only; no Haiku
+
+    rng = np.random.default_rng(0)
+    channels, c = 3, 0.4
+    a = rng.standard_normal((1, channels))
+    b = rng.standard_normal((1, channels))
+    b -= (a @ b.T) / (a @ a.T) * a
+    a, b = a / np.sqrt(np.mean(a * a)), b / np.sqrt(np.mean(b * b))
+    b = c * a + math.sqrt(1 - c * c) * b  # unit mean square, correlation c
+    out_a, out_b = (pln.per_location_normalization(v, mode) for v in (a, b))
+    measured = float(np.sum(out_a * out_b) / np.sqrt(np.sum(out_a**2) * np.sum(out_b**2)))
+    expected = g.pln_input_c_map(g.PerLocationNorm(mode), c, channels)
+    assert measured == pytest.approx(expected, abs=1e-6)
+    assert (expected == c) == (mode == "none")

@@ -11,6 +11,10 @@ Kernel semantics (infinite width, orthogonal or Delta-orthogonal weights, inputs
 * ``Dense``, ``Conv``, ``Pool``, ``GlobalAvgPool``, ``Flatten``, ``Dropout`` and ``PerLocationNorm`` are
   identities (pooling is an approximation: it is exact for the C map of inputs that are constant
   across the pooling window, and the DKS/TAT papers treat it the same way);
+* ``PerLocationNorm`` is data preprocessing: the kernel graph starts at its *output*, whose q is 1 by
+  construction. The map from raw inputs, ``c -> (C c + 1) / (C + 1)`` with a homogeneous coordinate
+  appended to C channels, depends on the data's channel count and is not part of the network the
+  solver shapes (as in the papers); ``pln_input_c_map`` gives it for tools that start from raw inputs;
 * ``WeightedSum`` with weights ``w_i`` (``sum w_i^2 = 1``) gives ``sum_i w_i^2 x_i``;
 * ``PreActResidual`` is a ResNet-V2 block: ``h = pre(x)``, output
   ``w * shortcut + sqrt(1 - w^2) * branch(h)``, the shortcut being ``x`` or ``projection(h)``;
@@ -91,6 +95,26 @@ class PerLocationNorm:
     """Per-location normalization of the input (optionally with a homogeneous coordinate)."""
 
     homog_mode: str = "none"
+
+
+def pln_input_c_map(node: PerLocationNorm, c: float, channels: int) -> float:
+    """The C value after per-location normalization of inputs with ``channels`` channels and correlation c.
+
+    For raw locations of unit mean square (what the diagnostics feed), normalization alone keeps c, and a
+    homogeneous coordinate ('const' or 'avg_q', both then equal to 1) adds 1 to the inner product and one
+    channel to the count.
+
+    Args:
+      node: The PLN layer.
+      c: Correlation of the raw input pair (per location).
+      channels: Number of channels of the raw input.
+
+    Returns:
+      The correlation at PLN's output.
+    """
+    if node.homog_mode in ("none", "off"):
+        return c
+    return (channels * c + 1.0) / (channels + 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
