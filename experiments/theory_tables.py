@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -398,6 +398,50 @@ def _moment_cells(m: dict[str, float]) -> list[str]:
             fmt(m["c_curv_1"])]
 
 
+def _solve_and_remeasure(method: str, depth: int, names: Sequence[str], data: dict, *,
+                         target: tuple[str, str], residual: Callable, network_max: tuple[str, Callable],
+                         extra_columns: Sequence[tuple[str, Callable]], note: str) -> tuple[dict, list[str]]:
+    """Solves ``method`` for ``names`` on the vanilla ResNet-``depth`` layout and re-measures the maps.
+
+    Args:
+      method: 'DKS' or 'TAT'.
+      depth: Vanilla ResNet depth.
+      names: Activation names.
+      data: The table's data dict; ``data[method.lower()][str(depth)][name]`` receives each result.
+      target: (key in ``local_targets``, column header) of the local target the method solves for.
+      residual: ``residual(act, moments)``: the largest violated condition.
+      network_max: (column header, ``fn(act, net)``): the measured local map composed through the net.
+      extra_columns: (header, ``fn(act) -> cell``) columns after the residual.
+      note: Text above the re-measured table.
+
+    Returns:
+      The solved activations by name, and the markdown lines of the section.
+    """
+    net = _vanilla(depth)
+    solved = {n: solve(n, method, net) for n in names}
+    layers = graph_lib.count_nonlinear_layers(net)
+    out = [f"### Vanilla ResNet-{depth} layout ({layers} nonlinear layers)\n",
+           markdown_table(["activation", *PARAM_COLUMNS, "status"], _params_rows(solved)), ""]
+    notes = [f"- `{n}`: {s.error}" for n, s in solved.items() if s.act is None]
+    if notes:
+        out += ["Solver messages:\n", *notes, ""]
+    bucket = data[method.lower()].setdefault(str(depth), {})
+    rows = []
+    for n, s in solved.items():
+        if s.act is None:
+            bucket[n] = {"error": s.error}
+            continue
+        m = s.act.local_moments()
+        rows.append([n, *_moment_cells(m), fmt(dict(s.act.local_targets)[target[0]]),
+                     fmt_sci(residual(s.act, m)), *(fn(s.act) for _, fn in extra_columns),
+                     fmt(network_max[1](s.act, net))])
+        bucket[n] = {**s.act.as_dict(), **m}
+    out += [note, markdown_table(["activation", "Q(1)", "Q'(1)", "C(0)", "C'(1)", "C''(1)", target[1],
+                                  "max abs residual", *(h for h, _ in extra_columns), network_max[0]],
+                                 rows), ""]
+    return solved, out
+
+
 @tables.register_table("dks_params", group="theory",
                        title="DKS and TAT parameters of every activation, with re-measured local maps")
 def dks_params(workdir: Path, quick: bool) -> tables.TableResult:
@@ -436,30 +480,13 @@ def dks_params(workdir: Path, quick: bool) -> tables.TableResult:
             "no solution exists, its reason is shown (full messages under the table). Solve times "
             "include JIT compilation the first time a family's problem is solved in the process.\n"]
     for depth in (50, 101):
-        net = _vanilla(depth)
-        solved = {n: solve(n, "DKS", net) for n in names}
-        layers = graph_lib.count_nonlinear_layers(net)
-        out += [f"### Vanilla ResNet-{depth} layout ({layers} nonlinear layers)\n",
-                markdown_table(["activation", *PARAM_COLUMNS, "status"], _params_rows(solved)), ""]
-        notes = [f"- `{n}`: {s.error}" for n, s in solved.items() if s.act is None]
-        if notes:
-            out += ["Solver messages:\n", *notes, ""]
-        rows = []
-        for n, s in solved.items():
-            if s.act is None:
-                continue
-            m = s.act.local_moments()
-            target = dict(s.act.local_targets)["c_slope_1"]
-            rows.append([n, *_moment_cells(m), fmt(target), fmt_sci(_dks_residual(s.act, m)),
-                         fmt(max_c_slope_1(s.act, net))])
-            data["dks"].setdefault(str(depth), {})[n] = {**s.act.as_dict(), **m}
-        out += [f"Local maps re-measured from the solved activations (ResNet-{depth}); C''(1) is infinite "
-                "for kinked activations, and the last column composes the measured C'(1) through the "
-                f"network (`M(1, y -> C'(1) y)`, target {ZETA}):\n",
-                markdown_table(["activation", "Q(1)", "Q'(1)", "C(0)", "C'(1)", "C''(1)", "target C'(1)",
-                                "max abs residual", "network max C'(1)"], rows), ""]
-        for n in [n for n, s in solved.items() if s.act is None]:
-            data["dks"].setdefault(str(depth), {})[n] = {"error": solved[n].error}
+        solved, section = _solve_and_remeasure(
+            "DKS", depth, names, data, target=("c_slope_1", "target C'(1)"), residual=_dks_residual,
+            network_max=("network max C'(1)", max_c_slope_1), extra_columns=(),
+            note=f"Local maps re-measured from the solved activations (ResNet-{depth}); C''(1) is infinite "
+                 "for kinked activations, and the last column composes the measured C'(1) through the "
+                 f"network (`M(1, y -> C'(1) y)`, target {ZETA}):\n")
+        out += section
     dks_101 = solved
 
     # TAT for smooth activations.
@@ -471,28 +498,13 @@ def dks_params(workdir: Path, quick: bool) -> tables.TableResult:
             "exists; where every root found has it >= 2 (sigmoid), the first one is returned. Piecewise-"
             "linear families are excluded (their C''(1) is infinite: TAT uses C(0) for them).\n"]
     for depth in tat_depths:
-        net = _vanilla(depth)
-        solved = {n: solve(n, "TAT", net) for n in smooth}
-        out += [f"### Vanilla ResNet-{depth} layout\n",
-                markdown_table(["activation", *PARAM_COLUMNS, "status"], _params_rows(solved)), ""]
-        notes = [f"- `{n}`: {s.error}" for n, s in solved.items() if s.act is None]
-        if notes:
-            out += ["Solver messages:\n", *notes, ""]
-        rows = []
-        for n, s in solved.items():
-            if s.act is None:
-                data["tat"].setdefault(str(depth), {})[n] = {"error": s.error}
-                continue
-            m = s.act.local_moments()
-            target = dict(s.act.local_targets)["c_curv_1"]
-            rows.append([n, *_moment_cells(m), fmt(target), fmt_sci(_tat_residual(s.act, m)),
-                         fmt(abs(s.act.input_scale) * s.act.output_scale, 4),
-                         fmt(max_c_curv_1(s.act, net))])
-            data["tat"].setdefault(str(depth), {})[n] = {**s.act.as_dict(), **m}
-        out += [f"Local maps re-measured (ResNet-{depth}); the last column composes the measured C''(1) "
-                f"through the network (`M(0, y -> C''(1) + y)`, target {TAU}):\n",
-                markdown_table(["activation", "Q(1)", "Q'(1)", "C(0)", "C'(1)", "C''(1)", "target C''(1)",
-                                "max abs residual", "abs(alpha) gamma", "network max C''(1)"], rows), ""]
+        solved, section = _solve_and_remeasure(
+            "TAT", depth, smooth, data, target=("c_curv_1", "target C''(1)"), residual=_tat_residual,
+            network_max=("network max C''(1)", max_c_curv_1),
+            extra_columns=(("abs(alpha) gamma", lambda act: fmt(abs(act.input_scale) * act.output_scale, 4)),),
+            note=f"Local maps re-measured (ResNet-{depth}); the last column composes the measured C''(1) "
+                 f"through the network (`M(0, y -> C''(1) + y)`, target {TAU}):\n")
+        out += section
     tat_101 = solved
 
     # Regression values of the reference implementation.
