@@ -44,9 +44,12 @@ VARIANTS = {
                                        init="he_normal"),
     "TAT leaky_relu (kfac)": dict(method="TAT", activation="leaky_relu", optimizer="kfac",
                                   kfac_burnin_steps=0),
-    "resnet_bn, same depth (sgd)": dict(model="resnet_bn", method="untransformed", activation="relu",
-                                        optimizer="sgd", init="he_normal"),
+    "ResNet-V2 with batch norm, same depth (sgd)": dict(model="<bn baseline>", method="untransformed",
+                                                        activation="relu", optimizer="sgd",
+                                                        init="he_normal"),
 }
+# The batch-norm ResNet of each case: pre-activation residual blocks with batch norm and shortcuts.
+BN_BASELINE = {"mlp": "residual_mlp_bn", "convnet": "resnet_bn"}
 
 
 def time_steps(config, steps: int) -> float:
@@ -80,8 +83,8 @@ def main() -> None:
     for case, fields in CASES.items():
         base = None
         for variant, extra in VARIANTS.items():
-            if case == "mlp" and extra.get("model") == "resnet_bn":
-                continue  # a batch-norm baseline is a convnet
+            if extra.get("model") == "<bn baseline>":
+                extra = {**extra, "model": BN_BASELINE[case]}
             config = _config(batch_size=args.batch, **{**fields, **extra})
             seconds = time_steps(config, args.steps)
             base = base or seconds

@@ -147,9 +147,36 @@ from dks_jax.train import loop
 config = load_config("default.py", "tiny", optimizer={optimizer!r}, max_steps=3)
 loop.train_and_evaluate(config, {workdir!r}, progress=False)
 step, params = _params_of({workdir!r}, config)
-np.savez({out!r}, *[np.asarray(x) for x in jax.tree_util.tree_leaves(params)])
-print(json.dumps(dict(devices=jax.device_count(), step=step)))
+np.savez({out!r}.format(process=jax.process_index()),
+         *[np.asarray(x) for x in jax.tree_util.tree_leaves(params)])
+print(json.dumps(dict(devices=jax.device_count(), processes=jax.process_count(), step=step)))
 """
+
+
+def _run_script(tmp_path, optimizer, name, env, processes=1, devices=1):
+    """Runs the tiny training script in ``processes`` processes; returns each process's parameters."""
+    script = _TWO_DEVICE_SCRIPT.format(repo=str(REPO), optimizer=optimizer, workdir=str(tmp_path / name),
+                                       out=str(tmp_path / f"{name}_p{{process}}.npz"))
+    procs = []
+    for index in range(processes):
+        proc_env = dict(env)
+        if processes > 1:
+            proc_env.update(JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=proc_env, cwd=REPO, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert outs == [{"devices": devices, "processes": processes, "step": 3}] * processes
+    return [np.load(tmp_path / f"{name}_p{index}.npz") for index in range(processes)]
+
+
+def _assert_close(a, b):
+    assert a.files == b.files
+    for key in a.files:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
 # K-FAC's data-parallel step is the same jit_step path; tests/test_optim_parallel.py checks it on 2 devices.
@@ -158,17 +185,28 @@ def test_two_simulated_devices_match_one(tmp_path, optimizer):
     results = {}
     for count in (1, 2):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-        script = _TWO_DEVICE_SCRIPT.format(repo=str(REPO), optimizer=optimizer,
-                                           workdir=str(tmp_path / f"run{count}"),
-                                           out=str(tmp_path / f"p{count}.npz"))
-        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                              cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert info == {"devices": count, "step": 3}
-        results[count] = np.load(tmp_path / f"p{count}.npz")
-    for key in results[1].files:
-        np.testing.assert_allclose(results[1][key], results[2][key], rtol=1e-5, atol=1e-6)
+        env.pop("JAX_COORDINATOR_ADDRESS", None)
+        results[count], = _run_script(tmp_path, optimizer, f"run{count}", env, devices=count)
+    _assert_close(results[1], results[2])
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "kfac"])
+def test_two_processes_match_one(tmp_path, optimizer):
+    # A real multi-process run on one machine: jax.distributed over localhost (gloo collectives on CPU),
+    # each process reading its own half of every batch and writing the one shared checkpoint directory.
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    single, = _run_script(tmp_path, optimizer, "single", env)
+    env["JAX_COORDINATOR_ADDRESS"] = f"localhost:{_free_port()}"
+    for params in _run_script(tmp_path, optimizer, "multi", env, processes=2, devices=2):
+        _assert_close(single, params)
 
 
 # Every config file's tiny variant with SGD and K-FAC; the other architectures of configs/mnist.py with SGD

@@ -17,9 +17,13 @@ Why orbax plus a small layer of our own:
     state), so custom pytree nodes such as kfac_jax's optimizer state or optax
     states round-trip exactly, with the target's dtypes and shardings.
 
-Limitation: hashing reads every leaf on the host, so leaves must be fully
-addressable by this process (true for single-process training, where params
-and optimizer state are replicated).
+Multi-process: every process calls `save`/`restore` on the same directory
+(orbax lets the primary process write the shared files). Hashing reads every
+leaf on the host, so each leaf must be fully addressable by every process:
+true for data-parallel training, single- or multi-process, where params and
+optimizer state are replicated (tests/test_train.py runs two processes
+against one directory); model-parallel (sharded) state would need per-shard
+digests.
 """
 
 from __future__ import annotations

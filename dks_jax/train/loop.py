@@ -48,10 +48,32 @@ class TrainingDivergedError(RuntimeError):
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins a multi-host run when the standard JAX coordinator variables are set."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and not getattr(maybe_initialize_distributed, "done", False):
+    """Joins a multi-process run when the environment asks for one (once per process).
+
+    * ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``:
+      an explicit launch, e.g. several processes on one machine or hosts without a cluster manager.
+      (On CPU the processes talk through gloo.)
+    * ``JAX_COORDINATOR_ADDRESS`` alone, or ``DKS_JAX_DISTRIBUTED=1``: JAX's own cluster detection
+      (TPU pods, SLURM, ...) fills in the rest.
+
+    Raises:
+      ValueError: When only some of the explicit variables are set.
+    """
+    if getattr(maybe_initialize_distributed, "done", False):
+        return
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    if (count is None) != (index is None) or (count is not None and not address):
+        raise ValueError("multi-process launch: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                         f"JAX_PROCESS_ID together (got {address!r}, {count!r}, {index!r}).")
+    if count is not None:
+        jax.distributed.initialize(coordinator_address=address, num_processes=int(count),
+                                   process_id=int(index))
+    elif address or os.environ.get("DKS_JAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()
-        maybe_initialize_distributed.done = True
+    else:
+        return
+    maybe_initialize_distributed.done = True
 
 
 def _get(config: Any, key: str, default: Any) -> Any:
