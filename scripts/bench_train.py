@@ -2,11 +2,12 @@
 
 Prints, in one run, a markdown table of the median jitted step time (ms) for:
   * a TAT vanilla net against the same net with a plain ReLU (the transformation's overhead; goal <= 1.05x),
-  * the same vanilla net against a ResNet-V2 with batch norm of the same depth (convnets),
+  * the same vanilla net against a ResNet-V2 with batch norm of the same depth (a residual MLP with batch
+    norm for the MLP),
   * K-FAC's step against SGD's,
-for an MLP and a convnet, on every platform JAX sees (CPU here; the GPU too when one is present).
+for an MLP and a convnet, on JAX's default platform (the GPU or TPU when one is present, else the CPU).
 
-Usage: python scripts/bench_train.py [--steps=20] [--batch=128]
+Usage: python scripts/bench_train.py [--steps=20] [--batch=128] [--conv_batch=32] [--cases=mlp,convnet]
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from dks_jax import configlib
 from dks_jax.train import loop
@@ -34,9 +34,11 @@ def _config(**fields):
     return c
 
 
+# The convnet is kept small enough for CPU (a K-FAC step of the width-0.5 version at batch 128 takes
+# minutes to compile and seconds per step there); on accelerators pass --batch and edit freely.
 CASES = {
     "mlp": dict(model="mlp", depth=50, width=512),
-    "convnet": dict(model="vanilla_resnet", depth=18, width_multiplier=0.5, stem="small"),
+    "convnet": dict(model="vanilla_resnet", depth=18, width_multiplier=0.25, stem="small"),
 }
 VARIANTS = {
     "TAT leaky_relu (sgd)": dict(method="TAT", activation="leaky_relu", optimizer="sgd"),
@@ -52,44 +54,62 @@ VARIANTS = {
 BN_BASELINE = {"mlp": "residual_mlp_bn", "convnet": "resnet_bn"}
 
 
-def time_steps(config, steps: int) -> float:
-    """Median wall time (s) of one synchronous jitted training step, after compilation."""
-    exp = loop.Experiment(config)
-    state = exp.init_state()
-    params, opt_state, func_state = state["params"], state["opt_state"], state["state"]
-    step_fn = exp.optimizer.jit_step(exp.mesh)
-    with exp.train_iterator(0) as it:
-        batch = next(iter(it))
-    key = jax.random.PRNGKey(0)
-    times = []
-    for i in range(steps + 2):
+class StepRunner:
+    """One variant's compiled training step and its state, ready to be timed one step at a time."""
+
+    def __init__(self, config):
+        exp = loop.Experiment(config)
+        state = exp.init_state()
+        self.params, self.opt_state, self.func_state = state["params"], state["opt_state"], state["state"]
+        self.step_fn = exp.optimizer.jit_step(exp.mesh)
+        with exp.train_iterator(0) as it:
+            self.batch = next(iter(it))
+        self.key, self.index = jax.random.PRNGKey(0), 0
+        for _ in range(2):  # the first calls compile
+            self.time_one()
+
+    def time_one(self) -> float:
+        """Wall time (s) of one synchronous step."""
         start = time.perf_counter()
-        params, opt_state, func_state, metrics = step_fn(params, opt_state, func_state, key, batch, i)
-        jax.block_until_ready((params, metrics))
-        if i >= 2:  # the first calls compile
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        self.params, self.opt_state, self.func_state, metrics = self.step_fn(
+            self.params, self.opt_state, self.func_state, self.key, self.batch, self.index)
+        jax.block_until_ready((self.params, metrics))
+        self.index += 1
+        return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=128, help="MLP batch size")
+    parser.add_argument("--conv_batch", type=int, default=32, help="convnet batch size")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     args = parser.parse_args()
     print(f"devices: {jax.devices()}; host: {platform.node()} ({platform.processor() or platform.machine()})")
-    print(f"batch {args.batch}, synthetic 32x32x3 data, median of {args.steps} steps\n")
+    print(f"synthetic 32x32x3 data, median of {args.steps} steps per variant, interleaved\n")
     print("| network | variant | step (ms) | ratio to TAT (sgd) |")
     print("|---|---|---|---|")
-    for case, fields in CASES.items():
-        base = None
+    for case in args.cases.split(","):
+        if case not in CASES:
+            parser.error(f"--cases: unknown case {case!r}; valid: {', '.join(CASES)}")
+        fields = {**CASES[case], "batch_size": args.batch if case == "mlp" else args.conv_batch}
+        runners = {}
         for variant, extra in VARIANTS.items():
             if extra.get("model") == "<bn baseline>":
                 extra = {**extra, "model": BN_BASELINE[case]}
-            config = _config(batch_size=args.batch, **{**fields, **extra})
-            seconds = time_steps(config, args.steps)
-            base = base or seconds
-            print(f"| {case} ({fields.get('depth')} layers) | {variant} | {seconds * 1e3:.1f} | "
+            runners[variant] = StepRunner(_config(**{**fields, **extra}))
+        # Round robin: every variant steps once per round, so a change in the machine's load during the
+        # run affects all of them alike instead of biasing whichever ran at the time.
+        times: dict[str, list[float]] = {variant: [] for variant in runners}
+        for _ in range(args.steps):
+            for variant, runner in runners.items():
+                times[variant].append(runner.time_one())
+        base = statistics.median(times[next(iter(runners))])
+        for variant, samples in times.items():
+            seconds = statistics.median(samples)
+            print(f"| {case} ({fields['depth']} layers, batch {fields['batch_size']}) | {variant} | {seconds * 1e3:.1f} | "
                   f"{seconds / base:.3f} |", flush=True)
+        del runners
 
 
 if __name__ == "__main__":
