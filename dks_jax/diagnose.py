@@ -42,6 +42,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from dks_jax import nets
+from dks_jax.data import pln
 from dks_jax.kernels import graph as g
 from dks_jax.nets import initializers
 
@@ -251,7 +252,7 @@ def predictions(model: nets.Model, input_channels: int,
     q, c, channels = 1.0, np.asarray(C_VALUES, np.float64), input_channels
     out = []
     for idx, layer in enumerate(model.spec.layers):
-        if isinstance(layer, g.PerLocationNorm) and layer.homog_mode not in ("none", "off"):
+        if isinstance(layer, g.PerLocationNorm):
             c = np.asarray(g.pln_input_c_map(layer, c, channels), np.float64)
             q = 1.0
         else:
@@ -270,7 +271,7 @@ def _output_channels(node: g.Node, channels: int) -> int:
         if isinstance(sub, (g.Dense, g.Conv)):
             last = sub.features
     if isinstance(node, g.PerLocationNorm):
-        return channels + (0 if node.homog_mode in ("none", "off") else 1)
+        return pln.output_channels(channels, node.homog_mode)
     return channels if last is None else last
 
 

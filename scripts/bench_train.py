@@ -35,7 +35,7 @@ def _config(**fields):
 
 
 # The convnet is kept small enough for CPU (a K-FAC step of the width-0.5 version at batch 128 takes
-# minutes to compile and seconds per step there); on accelerators pass --batch and edit freely.
+# minutes to compile and seconds per step there); on accelerators raise --conv_batch.
 CASES = {
     "mlp": dict(model="mlp", depth=50, width=512),
     "convnet": dict(model="vanilla_resnet", depth=18, width_multiplier=0.25, stem="small"),
@@ -85,13 +85,14 @@ def main() -> None:
     parser.add_argument("--conv_batch", type=int, default=32, help="convnet batch size")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     args = parser.parse_args()
+    unknown = [case for case in args.cases.split(",") if case not in CASES]
+    if unknown:
+        parser.error(f"--cases: unknown {unknown}; valid: {', '.join(CASES)}")
     print(f"devices: {jax.devices()}; host: {platform.node()} ({platform.processor() or platform.machine()})")
     print(f"synthetic 32x32x3 data, median of {args.steps} steps per variant, interleaved\n")
     print("| network | variant | step (ms) | ratio to TAT (sgd) |")
     print("|---|---|---|---|")
     for case in args.cases.split(","):
-        if case not in CASES:
-            parser.error(f"--cases: unknown case {case!r}; valid: {', '.join(CASES)}")
         fields = {**CASES[case], "batch_size": args.batch if case == "mlp" else args.conv_batch}
         runners = {}
         for variant, extra in VARIANTS.items():

@@ -46,7 +46,8 @@ def test_every_row_trains_for_real(tiny_table):
             continue
         assert summary["status"] == "completed" and summary["steps"] == 3
         assert 0.0 <= float(accuracy) <= 1.0 and float(loss) > 0.0
-        config = json.loads((workdir / "tiny_depth_runs" / f"{optimizer}_{re.sub(r'[^a-z0-9]+', '_', method.lower()).strip('_')}_13" / "config.json").read_text())
+        run_dir = training_tables._run_dir(workdir, "tiny_depth", optimizer, method, 13)
+        config = json.loads((run_dir / "config.json").read_text())
         assert config["optimizer"] == optimizer and config["depth"] == 13 and config["width"] == 16
     assert (workdir / "tiny_depth_accuracy.png").read_bytes()[:8] == PNG_MAGIC
     # The claims are computed from the rows: one line per TAT/EOC row and one ResNet gap per optimizer.

@@ -138,7 +138,7 @@ def test_bad_config_values_name_the_field(tmp_path):
                                 progress=False)
 
 
-_TWO_DEVICE_SCRIPT = r"""
+_TINY_RUN_SCRIPT = r"""
 import json, os, sys
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
@@ -155,7 +155,7 @@ print(json.dumps(dict(devices=jax.device_count(), processes=jax.process_count(),
 
 def _run_script(tmp_path, optimizer, name, env, processes=1, devices=1):
     """Runs the tiny training script in ``processes`` processes; returns each process's parameters."""
-    script = _TWO_DEVICE_SCRIPT.format(repo=str(REPO), optimizer=optimizer, workdir=str(tmp_path / name),
+    script = _TINY_RUN_SCRIPT.format(repo=str(REPO), optimizer=optimizer, workdir=str(tmp_path / name),
                                        out=str(tmp_path / f"{name}_p{{process}}.npz"))
     procs = []
     for index in range(processes):
