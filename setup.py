@@ -1,4 +1,8 @@
-"""Packaging for dks_jax: Deep Kernel Shaping and Tailored Activation Transformations in JAX."""
+"""Packaging for dks_jax: Deep Kernel Shaping and Tailored Activation Transformations in JAX.
+
+Install with the pinned tree the tests passed with: ``pip install -c constraints.txt -e ".[test]"``
+(refresh it with ``scripts/freeze_constraints.py``; see the README).
+"""
 
 import setuptools
 
@@ -34,10 +38,13 @@ setuptools.setup(
                  "for training deep vanilla networks in JAX/Haiku."),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # jax/jaxlib 0.9.1 publish wheels for CPython 3.11 to 3.13; constraints.txt pins the tested tree.
+    python_requires=">=3.11,<3.14",
     packages=setuptools.find_packages(include=["dks_jax", "dks_jax.*", "experiments",
                                                "experiments.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     license="Apache-2.0",
+    classifiers=["Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12",
+                 "Programming Language :: Python :: 3.13"],
 )

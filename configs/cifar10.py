@@ -20,8 +20,8 @@ def get_config(arg: str = ""):
     o = configlib.parse_arg(arg, arch="vanilla_resnet", depth=50, method="TAT", activation="leaky_relu",
                             optimizer="sgd", width=1.0, tiny=False)
     if o["arch"] not in ("vanilla_resnet", "tat_resnet", "resnet_bn"):
-        raise ValueError(f"configs/cifar10.py: arch must be vanilla_resnet, tat_resnet or resnet_bn, got "
-                         f"{o['arch']!r}.")
+        raise configlib.ConfigError(f"arch must be vanilla_resnet, tat_resnet or resnet_bn, got "
+                                    f"{o['arch']!r}.")
     c = configlib.base_config()
     c.dataset = "cifar10"
     c.model = o["arch"]
@@ -33,10 +33,10 @@ def get_config(arg: str = ""):
     c.method = "untransformed" if o["arch"] == "resnet_bn" else o["method"]
     # TAT Leaky ReLU on CIFAR-10 needs PLN: all-zero pixels would otherwise have q = 0.
     c.pln_mode = "const" if c.method in ("TAT", "DKS") else ""
-    c.optimizer = o["optimizer"]
+    c.optimizer.name = o["optimizer"]
     c.learning_rate = {"sgd": 0.1, "kfac": 0.1, "adam": 1e-3}[o["optimizer"]]
-    c.schedule = "cosine"
-    c.warmup_epochs = 5.0
+    c.schedule.name = "cosine"
+    c.schedule.warmup_epochs = 5.0
     c.weight_decay = 5e-4
     c.label_smoothing = 0.0
     c.batch_size = 128
@@ -45,5 +45,4 @@ def get_config(arg: str = ""):
     if o["tiny"]:
         configlib.tiny(c)
         c.depth = 18
-    c.lock()
     return c

@@ -20,9 +20,9 @@ def get_config(arg: str = ""):
     c.width = 256
     c.activation = "leaky_relu"
     c.method = "TAT"
-    c.optimizer = "sgd"
+    c.optimizer.name = "sgd"
     c.learning_rate = 0.005
-    c.warmup_epochs = 2.0
+    c.schedule.warmup_epochs = 2.0
     c.weight_decay = 1e-4
     c.batch_size = 128
     c.num_epochs = 30.0
@@ -30,5 +30,4 @@ def get_config(arg: str = ""):
     c.checkpoint_every_steps = 110
     if opts["tiny"]:
         configlib.tiny(c, depth=16)  # eta = 0.9 needs >= 13 Leaky ReLU layers
-    c.lock()
     return c

@@ -24,12 +24,11 @@ def get_config(arg: str = ""):
     o = configlib.parse_arg(arg, depth=101, method="TAT", arch="vanilla_resnet", activation="",
                             optimizer="kfac", tiny=False)
     if o["depth"] not in (50, 101, 152, 200):
-        raise ValueError(f"configs/imagenet.py: depth must be 50, 101, 152 or 200, got {o['depth']}.")
+        raise configlib.ConfigError(f"depth must be 50, 101, 152 or 200, got {o['depth']}.")
     if o["method"] not in _ACTIVATION:
-        raise ValueError(f"configs/imagenet.py: method must be one of {sorted(_ACTIVATION)}, got "
-                         f"{o['method']!r}.")
+        raise configlib.ConfigError(f"method must be one of {sorted(_ACTIVATION)}, got {o['method']!r}.")
     if o["optimizer"] not in ("sgd", "kfac"):
-        raise ValueError(f"configs/imagenet.py: optimizer must be 'sgd' or 'kfac', got {o['optimizer']!r}.")
+        raise configlib.ConfigError(f"optimizer must be 'sgd' or 'kfac', got {o['optimizer']!r}.")
     c = configlib.base_config()
     c.dataset = "tfds_imagenet2012"
     c.image_size = 224
@@ -43,24 +42,20 @@ def get_config(arg: str = ""):
     else:
         c.method = o["method"]
         c.activation = o["activation"] or _ACTIVATION[o["method"]]
-    c.optimizer = o["optimizer"]
+    c.optimizer.name = o["optimizer"]
     c.batch_size = 1024
     c.num_epochs = 90.0
     c.label_smoothing = 0.1
-    c.schedule = "cosine"
-    c.warmup_epochs = 5.0
-    c.momentum = 0.9
+    c.schedule.name = "cosine"
+    c.schedule.warmup_epochs = 5.0
+    c.optimizer.kfac.update(dict(damping=1e-3, momentum=0.9, curvature_ema=0.99,
+                                 inverse_update_period=50, norm_constraint=1e-3, num_burnin_steps=5))
+    c.optimizer.sgd.update(dict(momentum=0.9, nesterov=True))
     if o["optimizer"] == "kfac":
         c.learning_rate = 3e-4
-        c.kfac_damping = 1e-3
-        c.kfac_curvature_ema = 0.99
-        c.kfac_inverse_update_period = 50
-        c.kfac_norm_constraint = 1e-3
-        c.kfac_burnin_steps = 5
         c.weight_decay = 1e-5
     else:
         c.learning_rate = 0.1
-        c.nesterov = 1
         c.weight_decay = 1e-4
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
@@ -71,5 +66,4 @@ def get_config(arg: str = ""):
         c.dataset = "synthetic"
         c.depth = 18  # the smallest ResNet shape, with the ImageNet stem: compiles in seconds
         c.image_size = 32
-    c.lock()
     return c

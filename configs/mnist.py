@@ -26,9 +26,9 @@ def get_config(arg: str = ""):
     o = configlib.parse_arg(arg, dataset="mnist", arch="mlp", depth=50, method="TAT",
                             activation="leaky_relu", optimizer="sgd", tiny=False)
     if o["dataset"] not in ("mnist", "fashion_mnist"):
-        raise ValueError(f"configs/mnist.py: dataset must be 'mnist' or 'fashion_mnist', got {o['dataset']!r}.")
+        raise configlib.ConfigError(f"dataset must be 'mnist' or 'fashion_mnist', got {o['dataset']!r}.")
     if o["arch"] not in ("mlp", "convnet", "resnet_bn"):
-        raise ValueError(f"configs/mnist.py: arch must be 'mlp', 'convnet' or 'resnet_bn', got {o['arch']!r}.")
+        raise configlib.ConfigError(f"arch must be 'mlp', 'convnet' or 'resnet_bn', got {o['arch']!r}.")
     c = configlib.base_config()
     c.dataset = o["dataset"]
     c.model = o["arch"]
@@ -37,11 +37,11 @@ def get_config(arg: str = ""):
     c.width_multiplier = 0.25
     c.activation = "relu" if o["arch"] == "resnet_bn" else o["activation"]
     c.method = "untransformed" if o["arch"] == "resnet_bn" else o["method"]
-    c.optimizer = o["optimizer"]
+    c.optimizer.name = o["optimizer"]
     c.learning_rate = LEARNING_RATES[o["optimizer"]]
-    c.kfac_damping = KFAC_DAMPING
-    c.schedule = "cosine"
-    c.warmup_epochs = 0.2
+    c.optimizer.kfac.damping = KFAC_DAMPING
+    c.schedule.name = "cosine"
+    c.schedule.warmup_epochs = 0.2
     c.weight_decay = 1e-5
     c.batch_size = 128
     c.num_epochs = 2.0
@@ -49,5 +49,4 @@ def get_config(arg: str = ""):
     c.log_every_steps = 50
     if o["tiny"]:
         configlib.tiny(c, depth=16 if o["arch"] != "resnet_bn" else 18)
-    c.lock()
     return c

@@ -75,27 +75,17 @@ def row_config(dataset: str, depth: int, fields: dict[str, Any], optimizer: str,
     from dks_jax import configlib
 
     c = configlib.base_config()
-    c.dataset = dataset
-    c.depth = depth
-    c.width = budget.width
-    c.num_epochs = budget.num_epochs
-    c.batch_size = 128
-    c.optimizer = optimizer
-    c.learning_rate = LEARNING_RATE[optimizer]
-    c.schedule = "cosine"
-    c.warmup_epochs = 0.1 * budget.num_epochs
-    c.weight_decay = 1e-5
-    c.kfac_damping = KFAC_DAMPING
-    c.checkpoint_every_steps = 10**9  # one checkpoint, at the end
-    c.eval_every_steps = 10**9
-    c.log_every_steps = 50
-    for key, value in fields.items():
-        c[key] = value
+    configlib.set_fields(c, {
+        "dataset": dataset, "depth": depth, "width": budget.width, "num_epochs": budget.num_epochs,
+        "batch_size": 128, "optimizer.name": optimizer, "learning_rate": LEARNING_RATE[optimizer],
+        "schedule.name": "cosine", "schedule.warmup_epochs": 0.1 * budget.num_epochs,
+        "weight_decay": 1e-5, "optimizer.kfac.damping": KFAC_DAMPING,
+        "checkpoint_every_steps": 10**9,  # one checkpoint, at the end
+        "eval_every_steps": 10**9, "log_every_steps": 50})
+    configlib.set_fields(c, fields)
     if c.method == "TAT" and c.activation == "leaky_relu" and depth < 13:
-        c.c_val_0_target = 0.8
-    for key, value in budget.overrides.items():
-        c[key] = value
-    c.lock()
+        c.tat.c_val_0_target = 0.8
+    configlib.set_fields(c, budget.overrides)
     return c
 
 

@@ -25,13 +25,8 @@ from dks_jax.train import loop
 
 def _config(**fields):
     c = configlib.base_config()
-    c.dataset = "synthetic"
-    c.num_epochs = 1.0
-    c.checkpoint_every_steps = 10**9
-    for key, value in fields.items():
-        c[key] = value
-    c.lock()
-    return c
+    configlib.set_fields(c, {"dataset": "synthetic", "num_epochs": 1.0, "checkpoint_every_steps": 10**9})
+    return configlib.set_fields(c, fields)
 
 
 # The convnet is kept small enough for CPU (a K-FAC step of the width-0.5 version at batch 128 takes
@@ -41,14 +36,14 @@ CASES = {
     "convnet": dict(model="vanilla_resnet", depth=18, width_multiplier=0.25, stem="small"),
 }
 VARIANTS = {
-    "TAT leaky_relu (sgd)": dict(method="TAT", activation="leaky_relu", optimizer="sgd"),
-    "plain relu, same net (sgd)": dict(method="untransformed", activation="relu", optimizer="sgd",
-                                       init="he_normal"),
-    "TAT leaky_relu (kfac)": dict(method="TAT", activation="leaky_relu", optimizer="kfac",
-                                  kfac_burnin_steps=0),
-    "ResNet-V2 with batch norm, same depth (sgd)": dict(model="<bn baseline>", method="untransformed",
-                                                        activation="relu", optimizer="sgd",
-                                                        init="he_normal"),
+    "TAT leaky_relu (sgd)": {"method": "TAT", "activation": "leaky_relu", "optimizer.name": "sgd"},
+    "plain relu, same net (sgd)": {"method": "untransformed", "activation": "relu",
+                                   "optimizer.name": "sgd", "init": "he_normal"},
+    "TAT leaky_relu (kfac)": {"method": "TAT", "activation": "leaky_relu", "optimizer.name": "kfac",
+                              "optimizer.kfac.num_burnin_steps": 0},
+    "ResNet-V2 with batch norm, same depth (sgd)": {"model": "<bn baseline>", "method": "untransformed",
+                                                    "activation": "relu", "optimizer.name": "sgd",
+                                                    "init": "he_normal"},
 }
 # The batch-norm ResNet of each case: pre-activation residual blocks with batch norm and shortcuts.
 BN_BASELINE = {"mlp": "residual_mlp_bn", "convnet": "resnet_bn"}
@@ -59,22 +54,19 @@ class StepRunner:
 
     def __init__(self, config):
         exp = loop.Experiment(config)
-        state = exp.init_state()
-        self.params, self.opt_state, self.func_state = state["params"], state["opt_state"], state["state"]
+        self.train_state = exp.init_state()
         self.step_fn = exp.optimizer.jit_step(exp.mesh)
         with exp.train_iterator(0) as it:
             self.batch = next(iter(it))
-        self.key, self.index = jax.random.PRNGKey(0), 0
+        self.key = jax.random.PRNGKey(0)
         for _ in range(2):  # the first calls compile
             self.time_one()
 
     def time_one(self) -> float:
         """Wall time (s) of one synchronous step."""
         start = time.perf_counter()
-        self.params, self.opt_state, self.func_state, metrics = self.step_fn(
-            self.params, self.opt_state, self.func_state, self.key, self.batch, self.index)
-        jax.block_until_ready((self.params, metrics))
-        self.index += 1
+        self.train_state, metrics = self.step_fn(self.train_state, self.key, self.batch)
+        jax.block_until_ready((self.train_state.params, metrics))
         return time.perf_counter() - start
 
 

@@ -45,10 +45,11 @@ def train_states():
         rng = jax.random.PRNGKey(0)
         params, state = jax.jit(model.init)(rng, batch["x"])
         opt = optim.make_optimizer(name, loss_fn, 0.05, l2_reg=1e-4, **kwargs)
-        opt_state = opt.init(params, state, rng, batch)
+        train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, batch))
         step = opt.jit_step()
         for t in range(3):
-            params, opt_state, state, _ = step(params, opt_state, state, rng, batch, t)
+            train_state, _ = step(train_state, rng, batch)
+        params, opt_state, state = train_state.params, train_state.opt_state, train_state.state
         states.append({"params": params, "opt_state": opt_state, "func_state": state,
                        "rng": jax.random.PRNGKey(t), "step": np.int64(3),
                        "bf16": jnp.arange(5, dtype=jnp.bfloat16) / 3, "host": np.eye(2)})

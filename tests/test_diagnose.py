@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from dks_jax import configlib
+from conftest import load_config, make_config
 from dks_jax import diagnose
 from dks_jax import nets
 
@@ -35,19 +35,10 @@ def test_default_config_passes(variant):
 
 
 def _load_default(variant):
-    import importlib.util  # pylint: disable=g-import-not-at-top
-    spec = importlib.util.spec_from_file_location("default_config", os.path.join(ROOT, "configs",
-                                                                                  "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant.lstrip(":"))
+    return load_config("default.py" + variant)
 
 
-def _config(**fields):
-    c = configlib.base_config()
-    for key, value in fields.items():
-        c[key] = value
-    return c
+_config = make_config
 
 
 def _run(config, **kwargs):

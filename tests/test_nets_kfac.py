@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import kfac_jax
 import pytest
 
-from dks_jax import configlib
+from conftest import make_config
 from dks_jax.kernels import graph as g
 from dks_jax.nets import models
 
@@ -42,18 +42,14 @@ def _expected_kinds(model):
 
 
 def _config(**fields):
-    c = configlib.base_config()
-    c.stem, c.width_multiplier = "small", 1 / 16
-    for key, value in fields.items():
-        c[key] = value
-    return c
+    return make_config(**{"stem": "small", "width_multiplier": 1 / 16, **fields})
 
 
 @pytest.mark.parametrize("fields,shape", [
     (dict(model="mlp", depth=20, width=16), (6, 6, 1)),
     (dict(model="convnet", depth=16, width=8), (12, 12, 1)),
     *[(dict(model="vanilla_resnet", depth=d), (16, 16, 3)) for d in (18, 34, 50, 101, 152, 200)],
-    *[(dict(model="tat_resnet", depth=d, shortcut_weight=0.8, c_val_0_target=0.8), (16, 16, 3))
+    *[(dict(model="tat_resnet", depth=d, shortcut_weight=0.8, **{"tat.c_val_0_target": 0.8}), (16, 16, 3))
       for d in (18, 34, 50, 101)],
 ])
 def test_every_dense_and_conv_gets_a_kronecker_factored_block(fields, shape):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dks_jax import configlib
+from conftest import make_config
 from dks_jax import transforms
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import layouts
@@ -14,12 +14,7 @@ from dks_jax.nets import summary
 
 
 def _config(**fields):
-    c = configlib.base_config()
-    c.stem = "small"
-    c.width_multiplier = 1 / 16
-    for key, value in fields.items():
-        c[key] = value
-    return c
+    return make_config(**{"stem": "small", "width_multiplier": 1 / 16, **fields})
 
 
 def _bn(**fields):
@@ -71,7 +66,7 @@ def test_default_init_per_method():
 
 def test_activation_is_solved_on_the_models_own_spec():
     model = models.build_model(_config(model="tat_resnet", depth=50, shortcut_weight=0.6,
-                                       c_val_0_target=0.75), 10, (8, 8, 3))
+                                       **{"tat.c_val_0_target": 0.75}), 10, (8, 8, 3))
     assert model.activation == transforms.transform("leaky_relu", "TAT", network=model.spec,
                                                     tat=transforms.TATTargets(c_val_0_target=0.75))
     # The network-level target is met on the spec (C(0) of the network, maximized over subnetworks).
@@ -124,7 +119,7 @@ def test_vanilla_resnet_forward(depth):
     (dict(model="mlp", depth=20, width=32, pln_mode="const", dropout_rate=0.2), (8, 8, 3)),
     (dict(model="convnet", depth=16, width=16), (28, 28, 1)),
     (dict(model="tat_resnet", depth=50, shortcut_weight=0.8), (32, 32, 3)),
-    (dict(model="tat_resnet", depth=18, shortcut_weight=0.8, stem="imagenet", c_val_0_target=0.8),
+    (dict(model="tat_resnet", depth=18, shortcut_weight=0.8, stem="imagenet", **{"tat.c_val_0_target": 0.8}),
      (64, 64, 3)),
     (dict(model="vanilla_resnet", depth=18, method="DKS", activation="softplus"), (32, 32, 3)),
     (dict(model="vanilla_resnet", depth=18, method="EOC", activation="relu"), (32, 32, 3)),

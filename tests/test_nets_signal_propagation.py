@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dks_jax import configlib
+from conftest import make_config
 from dks_jax.kernels import graph as g
 from dks_jax.nets import models
 
@@ -89,11 +89,7 @@ def _expected_q(model, x, num_inits, first_seed=100):
     return np.asarray(runs)
 
 
-def _config(**fields):
-    c = configlib.base_config()
-    for key, value in fields.items():
-        c[key] = value
-    return c
+_config = make_config
 
 
 def _act_indices(spec):

@@ -43,13 +43,14 @@ def _setup(batch_norm=False, register=False, batch_size=64, mask=False):
 
 def _run(opt, loss_fn, params, state, batch, steps):
     rng = jax.random.PRNGKey(1)
-    opt_state = opt.init(params, state, rng, batch)
+    train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, batch))
     step = opt.jit_step()
     first = None
     for t in range(steps):
-        params, opt_state, state, metrics = step(params, opt_state, state,
-                                                 jax.random.fold_in(rng, t), batch, t)
+        train_state, metrics = step(train_state, jax.random.fold_in(rng, t), batch)
         first = metrics if first is None else first
+    params, opt_state, state = train_state.params, train_state.opt_state, train_state.state
+    assert int(train_state.step) == steps
     final_loss = float(jax.jit(loss_fn)(params, state, rng, batch)[0])
     return params, opt_state, state, first, metrics, final_loss
 
@@ -89,12 +90,13 @@ def test_sgd_update_rule_with_l2_on_weights_only(nesterov):
     loss_fn, params = _quadratic_problem()
     lr, m, l2 = 0.1, 0.9, 0.5
     opt = optim.make_optimizer("sgd", loss_fn, lr, l2_reg=l2, momentum=m, nesterov=nesterov)
-    opt_state = opt.init(params, {}, jax.random.PRNGKey(0), None)
+    train_state = optim.TrainState.create(params, {}, opt.init(params, {}, jax.random.PRNGKey(0), None))
     step = opt.jit_step()
     w, b = 3.0, 3.0
     vw = vb = 0.0
     for t in range(3):
-        params, opt_state, _, metrics = step(params, opt_state, {}, jax.random.PRNGKey(0), None, t)
+        train_state, metrics = step(train_state, jax.random.PRNGKey(0), None)
+        params, opt_state = train_state.params, train_state.opt_state
         gw, gb = (w - 1.0) + l2 * w, (b - 1.0)  # L2 on the 2-D weight only
         vw, vb = m * vw + gw, m * vb + gb
         if nesterov:
@@ -111,10 +113,10 @@ def test_learning_rate_metric_follows_schedule():
     sched = optim.get_schedule("cosine", peak_value=0.2, total_steps=6, warmup_steps=2)
     opt = optim.make_optimizer("adam", loss_fn, sched)
     rng = jax.random.PRNGKey(0)
-    opt_state = opt.init(params, {}, rng, None)
+    train_state = optim.TrainState.create(params, {}, opt.init(params, {}, rng, None))
     step = opt.jit_step(None)
     for t in range(6):
-        params, opt_state, _, metrics = step(params, opt_state, {}, rng, None, t)
+        train_state, metrics = step(train_state, rng, None)
         assert float(metrics["learning_rate"]) == pytest.approx(float(sched(t)), abs=1e-7)
 
 
@@ -136,10 +138,11 @@ def test_kfac_with_batch_norm_state_and_burnin():
     initial_stats = jax.tree_util.tree_map(np.array, state)
     step = opt.jit_step()
     first = None
+    train_state = optim.TrainState.create(params, state, opt_state)
     for t in range(15):
-        params, opt_state, state, metrics = step(params, opt_state, state,
-                                                 jax.random.fold_in(rng, t), batch, t)
+        train_state, metrics = step(train_state, jax.random.fold_in(rng, t), batch)
         first = metrics if first is None else first
+    params, opt_state, state = train_state.params, train_state.opt_state, train_state.state
     first_loss = float(first["loss"])
     # Vector (smoothed one-hot) targets make kfac's registered loss equal ours
     # (integer targets would give the unsmoothed loss), and so does the

@@ -62,11 +62,12 @@ def _train(name, mesh):
                                   (_batch(100 + i) for i in range(5)), mesh)
     step = opt.jit_step(mesh)
     losses = []
+    train_state = optim.TrainState.create(params, state, opt_state)
     for t in range(STEPS):
         batch = optim.shard_batch(_batch(t), mesh)
-        params, opt_state, state, metrics = step(params, opt_state, state,
-                                                 jax.random.fold_in(rng, t), batch, t)
+        train_state, metrics = step(train_state, jax.random.fold_in(rng, t), batch)
         losses.append(float(metrics["loss"]))
+    params, state = train_state.params, train_state.state
     leaf = jax.tree_util.tree_leaves(params)[0]
     out = {f"p{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(params))}
     out.update({f"s{i}": np.asarray(a) for i, a in enumerate(jax.tree_util.tree_leaves(state))})

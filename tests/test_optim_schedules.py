@@ -11,10 +11,24 @@ from dks_jax.optim import schedules
 
 
 def test_constant():
-    sched = schedules.get_schedule("constant", value=0.3)
+    sched = schedules.get_schedule("constant", peak_value=0.3, total_steps=100)
     for step in (0, 7, 10**6):
         assert float(sched(step)) == pytest.approx(0.3)
     assert sched(jnp.int32(3)).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name,options", [("constant", {}),
+                                          ("piecewise_constant", dict(boundaries=(0.5,), factors=(0.1,)))])
+def test_every_schedule_warms_up_linearly(name, options):
+    sched = schedules.get_schedule(name, peak_value=0.4, total_steps=100, warmup_steps=8, **options)
+    assert [float(sched(t)) for t in (0, 2, 4, 8, 30)] == pytest.approx([0.0, 0.1, 0.2, 0.4, 0.4])
+    if name == "piecewise_constant":
+        assert float(sched(60)) == pytest.approx(0.04)
+
+
+def test_schedule_options_are_checked():
+    with pytest.raises(ValueError, match="no options \\['factors'\\]"):
+        schedules.get_schedule("cosine", peak_value=1.0, total_steps=10, factors=(0.1,))
 
 
 @pytest.mark.parametrize("step,expected", [
@@ -53,8 +67,7 @@ def test_cosine_is_jittable_and_vmappable():
     dict(boundaries=[0.1, 0.2], total_steps=100),
 ])
 def test_piecewise_constant(kwargs):
-    sched = schedules.get_schedule("piecewise_constant", init_value=1.0, factors=[0.1, 0.5],
-                                   **kwargs)
+    sched = schedules.piecewise_constant(init_value=1.0, factors=[0.1, 0.5], **kwargs)
     expected = {0: 1.0, 9: 1.0, 10: 0.1, 19: 0.1, 20: 0.05, 1000: 0.05}
     for step, value in expected.items():
         assert float(sched(step)) == pytest.approx(value, rel=1e-6)
@@ -74,7 +87,7 @@ def test_piecewise_constant_rejects_bad_boundaries(kwargs):
 
 def test_unknown_schedule_lists_valid_names():
     with pytest.raises(ValueError, match="constant.*cosine.*piecewise_constant"):
-        schedules.get_schedule("linear")
+        schedules.get_schedule("linear", peak_value=1.0, total_steps=10)
 
 
 def test_cosine_rejects_bad_steps():
@@ -88,3 +101,9 @@ def test_as_schedule():
     assert float(schedules.as_schedule(0.5)(3)) == pytest.approx(0.5)
     sched = schedules.constant(0.25)
     assert schedules.as_schedule(sched) is sched
+
+
+def test_registered_piecewise_reads_fractions_of_training():
+    sched = schedules.get_schedule("piecewise_constant", peak_value=1.0, total_steps=40,
+                                   boundaries=(0.25, 0.5), factors=(0.1, 0.5))
+    assert [float(sched(t)) for t in (9, 10, 19, 20)] == pytest.approx([1.0, 0.1, 0.1, 0.05])

@@ -14,7 +14,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Three real steps per row on the real MNIST files (60000 // 16 = 3750 steps per epoch), so that every
 # run completes its schedule.
 TINY = training_tables.Budget(width=16, num_epochs=3 / 3750, overrides=dict(
-    batch_size=16, log_every_steps=1, kfac_burnin_steps=1, kfac_inverse_update_period=1))
+    batch_size=16, log_every_steps=1, **{"optimizer.kfac.num_burnin_steps": 1,
+                                         "optimizer.kfac.inverse_update_period": 1}))
 METHODS = (training_tables.METHODS[0], training_tables.METHODS[3], training_tables.METHODS[5],
            ("broken", dict(model="mlp", method="TAT", activation="no_such_activation")))
 
@@ -48,7 +49,7 @@ def test_every_row_trains_for_real(tiny_table):
         assert 0.0 <= float(accuracy) <= 1.0 and float(loss) > 0.0
         run_dir = training_tables._run_dir(workdir, "tiny_depth", optimizer, method, 13)
         config = json.loads((run_dir / "config.json").read_text())
-        assert config["optimizer"] == optimizer and config["depth"] == 13 and config["width"] == 16
+        assert config["optimizer"]["name"] == optimizer and config["depth"] == 13 and config["width"] == 16
     assert (workdir / "tiny_depth_accuracy.png").read_bytes()[:8] == PNG_MAGIC
     # The claims are computed from the rows: one line per TAT/EOC row and one ResNet gap per optimizer.
     claims = [line for line in result.markdown.splitlines() if line.startswith("- ")]
@@ -72,10 +73,10 @@ def test_quick_and_full_budgets_match_the_documented_grid():
                                                           "EOC relu"]
     config = training_tables.row_config("mnist", 10, training_tables.METHODS[0][1], "kfac",
                                         training_tables.QUICK)
-    assert (config.width, config.num_epochs, config.c_val_0_target) == (128, 0.5, 0.8)
-    assert config.kfac_damping == training_tables.KFAC_DAMPING
+    assert (config.width, config.num_epochs, config.tat.c_val_0_target) == (128, 0.5, 0.8)
+    assert config.optimizer.kfac.damping == training_tables.KFAC_DAMPING
     assert training_tables.row_config("mnist", 50, training_tables.METHODS[0][1], "sgd",
-                                      training_tables.FULL).c_val_0_target == 0.9
+                                      training_tables.FULL).tat.c_val_0_target == 0.9
 
 
 def test_launch_tables_list_runnable_commands(tmp_path):

@@ -71,6 +71,12 @@ def _field(config: Any, key: str, default: Any = None) -> Any:
     return getattr(config, key, default)
 
 
+def _section(config: Any, key: str) -> dict[str, Any]:
+    """A config section as keyword arguments (``{}`` when absent: the defaults apply)."""
+    value = _field(config, key) or {}
+    return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+
+
 def _pln_mode(config: Any) -> str | None:
     mode = _field(config, "pln_mode", "")
     return None if mode in ("", None) else str(mode)
@@ -234,10 +240,9 @@ def solve_activation(config: Any, spec: g.Node) -> transforms.TransformedActivat
     name, method = _field(config, "activation"), _field(config, "method")
     if method not in transforms.METHODS:
         raise ValueError(f"config.method={method!r} is unknown; valid: {', '.join(transforms.METHODS)}.")
-    dks = transforms.DKSTargets(c_slope_1_target=float(_field(config, "c_slope_1_target", 1.5)),
-                                local_q_slope_target=float(_field(config, "local_q_slope_target", 1.0)))
-    tat = transforms.TATTargets(c_val_0_target=float(_field(config, "c_val_0_target", 0.9)),
-                                c_curve_target=float(_field(config, "c_curve_target", 0.3)))
+    # The config's `dks` and `tat` sections are the targets' keyword arguments, passed as they are.
+    dks = transforms.DKSTargets(**_section(config, "dks"))
+    tat = transforms.TATTargets(**_section(config, "tat"))
     try:
         return transforms.transform(name, method, network=spec, dks=dks, tat=tat)
     except ValueError as e:  # SolverError too: keep its type, add which config fields are involved
@@ -344,9 +349,10 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
     """Builds the model described by ``config``.
 
     Args:
-      config: A config with the model fields of ``configs/default.py`` (``model``, ``depth``, ``width``,
-        ``width_multiplier``, ``stem``, ``shortcut_weight``, ``dropout_rate``, ``init``, ``pln_mode``,
-        ``activation``, ``method`` and the DKS/TAT targets).
+      config: A config (or a plain dict) with the model fields of ``configlib.SCHEMA`` (``model``,
+        ``depth``, ``width``, ``width_multiplier``, ``stem``, ``shortcut_weight``, ``dropout_rate``,
+        ``init``, ``pln_mode``, ``activation``, ``method``) and optionally the ``dks``/``tat`` sections of
+        targets.
       num_classes: Number of logits.
       input_shape: Shape of one input example without the batch axis: ``(H, W, C)`` images (required by
         the ResNets) or ``(D,)`` vectors (MLP only). Per-location normalization, when

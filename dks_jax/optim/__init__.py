@@ -3,7 +3,7 @@
 Independent of dks_jax.nets, dks_jax.data and dks_jax.train.
 """
 
-from dks_jax.optim.base import (LossFn, StepOptimizer, with_l2)
+from dks_jax.optim.base import (LossFn, StepOptimizer, TrainState, with_l2)
 from dks_jax.optim.first_order import SGD, Adam, AdamConfig, FirstOrderState, SGDConfig
 from dks_jax.optim.kfac import KFAC, KFACConfig
 from dks_jax.optim.losses import (accuracy, classification_loss, is_bias_like, l2_mask,
@@ -15,7 +15,7 @@ from dks_jax.optim.sharding import (batch_sharded, make_data_mesh, replicate, re
                                     shard_batch)
 
 __all__ = [
-    "LossFn", "StepOptimizer", "with_l2",
+    "LossFn", "StepOptimizer", "TrainState", "with_l2",
     "SGD", "Adam", "AdamConfig", "FirstOrderState", "SGDConfig", "KFAC", "KFACConfig",
     "accuracy", "classification_loss", "is_bias_like", "l2_mask", "l2_penalty",
     "smooth_labels", "softmax_cross_entropy",

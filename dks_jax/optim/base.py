@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 import functools
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from dks_jax.optim import losses
@@ -44,7 +45,31 @@ PRNGKey = jax.Array
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Params, FuncState, PRNGKey, Batch], tuple[jax.Array, tuple[FuncState, Metrics]]]
 StepOutput = tuple[Params, OptState, FuncState, Metrics]
-StepFn = Callable[[Params, OptState, FuncState, PRNGKey, Batch, int], StepOutput]
+
+
+class TrainState(NamedTuple):
+    """Everything training changes: what is checkpointed, restored and stepped.
+
+    Attributes:
+        params: Model parameters (replicated over the data mesh).
+        state: Haiku state (batch-norm statistics; ``{}`` for stateless models).
+        opt_state: The optimizer's state.
+        step: Steps taken, a host-side int64 0-d NumPy array. It stays on the host
+            because K-FAC chooses its program by the step (curvature/inverse
+            updates), and reading a device counter would sync every step.
+    """
+    params: Params
+    state: FuncState
+    opt_state: OptState
+    step: np.ndarray
+
+    @classmethod
+    def create(cls, params: Params, state: FuncState, opt_state: OptState, step: int = 0
+               ) -> "TrainState":
+        return cls(params, state, opt_state, np.asarray(step, np.int64))
+
+
+TrainStepFn = Callable[[TrainState, PRNGKey, Batch], tuple[TrainState, Metrics]]
 
 # Metric names the optimizers produce; a loss_fn's aux must not reuse them.
 RESERVED_METRICS = frozenset({"loss", "l2_loss", "objective", "learning_rate", "momentum",
@@ -74,8 +99,8 @@ class StepOptimizer(Protocol):
                ) -> tuple[OptState, FuncState]:
         """Consumes `num_burnin_steps` batches before step 0 (no-op if that is 0)."""
 
-    def jit_step(self, mesh: Optional[Mesh] = None) -> StepFn:
-        """The jitted, data-parallel step (see `BaseOptimizer.jit_step`)."""
+    def jit_step(self, mesh: Optional[Mesh] = None) -> TrainStepFn:
+        """The jitted, data-parallel step on a `TrainState` (see `BaseOptimizer.jit_step`)."""
 
 
 def with_l2(loss_fn: LossFn, l2_reg: float, exclude_biases: bool = True) -> LossFn:
@@ -138,17 +163,16 @@ class BaseOptimizer:
         del params, rng, batches, mesh
         return opt_state, func_state
 
-    def jit_step(self, mesh: Optional[Mesh] = None) -> StepFn:
-        """Returns the step compiled with `jax.jit`, data-parallel over `mesh`.
+    def jit_step(self, mesh: Optional[Mesh] = None) -> TrainStepFn:
+        """Returns ``step(train_state, rng, batch) -> (train_state, metrics)``, jitted.
 
-        The returned function has the signature of `step`. With a mesh, params,
-        opt_state, func_state and rng are replicated and every batch leaf is
-        sharded on its leading axis over 'data' (in and out shardings are
-        fixed, so pass states that are replicated on this mesh, e.g. via
-        `sharding.replicate`, or uncommitted/single-device arrays; the batch
-        may be a host numpy array). Params and opt_state are donated: do not
-        reuse the arrays passed in. One executable is compiled per
-        `static_key(global_step)` (always one for SGD/Adam).
+        With a mesh, params, opt_state, state and rng are replicated and every
+        batch leaf is sharded on its leading axis over 'data' (in and out
+        shardings are fixed, so pass states replicated on this mesh, e.g. via
+        `sharding.replicate`, or uncommitted/single-device arrays; the batch may
+        be a host numpy array). Params and opt_state are donated: do not reuse
+        the train state passed in. One executable is compiled per
+        `static_key(train_state.step)` (always one for SGD/Adam).
 
         Args:
             mesh: A mesh with an Auto 'data' axis (see `sharding.make_data_mesh`),
@@ -160,16 +184,19 @@ class BaseOptimizer:
         if mesh is not None:
             sharding.check_data_mesh(mesh)
 
-        def jitted_step(params: Params, opt_state: OptState, func_state: FuncState,
-                        rng: PRNGKey, batch: Batch, global_step: int) -> StepOutput:
-            key = (mesh, self.static_key(int(global_step)))
+        def train_step(train_state: TrainState, rng: PRNGKey, batch: Batch
+                       ) -> tuple[TrainState, Metrics]:
+            step = int(train_state.step)
+            key = (mesh, self.static_key(step))
             compiled = self._jitted.get(key)
             if compiled is None:
-                compiled = self._compile(mesh, int(global_step))
+                compiled = self._compile(mesh, step)
                 self._jitted[key] = compiled
-            return compiled(params, opt_state, func_state, rng, batch)
+            params, opt_state, state, metrics = compiled(
+                train_state.params, train_state.opt_state, train_state.state, rng, batch)
+            return TrainState.create(params, state, opt_state, step + 1), metrics
 
-        return jitted_step
+        return train_step
 
     def _compile(self, mesh: Optional[Mesh], global_step: int) -> Callable[..., StepOutput]:
         """jax.jit of `step` with the Python step fixed to a representative value."""

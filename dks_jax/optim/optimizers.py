@@ -4,10 +4,10 @@
                          total_steps=n, warmup_steps=w), l2_reg=1e-5)
     opt_state = opt.init(params, func_state, rng, batch)
     opt_state, func_state = opt.burnin(params, opt_state, func_state, rng, batches, mesh)
+    train_state = TrainState.create(params, func_state, opt_state)
     step = opt.jit_step(mesh)
     for t in range(n):
-        params, opt_state, func_state, metrics = step(params, opt_state, func_state,
-                                                      rng_t, batch_t, t)
+        train_state, metrics = step(train_state, rng_t, batch_t)
 
 See `base` for the loss-function contract and the metrics.
 """

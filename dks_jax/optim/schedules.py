@@ -6,12 +6,15 @@ evaluated inside a jitted training step and passed to kfac_jax, which calls
 schedules with its internal step counter.
 
     sched = get_schedule("cosine", peak_value=0.1, total_steps=1000, warmup_steps=50)
+    sched = get_schedule("piecewise_constant", peak_value=0.1, total_steps=1000,
+                         boundaries=(0.5, 0.75), factors=(0.1, 0.1))
     sched(0), sched(50), sched(1000)   # 0.0, 0.1, 0.0
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import inspect
 import math
 from typing import Any, Union
 
@@ -38,6 +41,29 @@ def constant(value: float) -> Schedule:
         return jnp.asarray(value, jnp.float32)
 
     return schedule
+
+
+def linear_warmup(schedule: Schedule, warmup_steps: int) -> Schedule:
+    """`schedule` multiplied by a linear ramp from 0 (step 0) to 1 (step `warmup_steps`).
+
+    Args:
+        schedule: The schedule after warm-up.
+        warmup_steps: Length of the ramp (0 returns `schedule` itself).
+
+    Returns:
+        The schedule.
+    """
+    warmup_steps = int(warmup_steps)
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps == 0:
+        return schedule
+
+    def warmed(step: Step) -> jax.Array:
+        t = jnp.asarray(step, jnp.float32)
+        return (schedule(step) * jnp.minimum(t / warmup_steps, 1.0)).astype(jnp.float32)
+
+    return warmed
 
 
 def cosine(peak_value: float, total_steps: int, warmup_steps: int = 0,
@@ -135,11 +161,43 @@ def piecewise_constant(init_value: float, boundaries: Sequence[int | float],
     return schedule
 
 
+def _constant_factory(peak_value: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
+    del total_steps
+    return linear_warmup(constant(peak_value), warmup_steps)
+
+
+def _cosine_factory(peak_value: float, total_steps: int, warmup_steps: int = 0,
+                    end_value: float = 0.0) -> Schedule:
+    return cosine(peak_value, total_steps, warmup_steps=min(warmup_steps, total_steps),
+                  end_value=end_value)
+
+
+def _piecewise_factory(peak_value: float, total_steps: int, warmup_steps: int = 0,
+                       boundaries: Sequence[float] = (0.5, 0.75),
+                       factors: Sequence[float] = (0.1, 0.1)) -> Schedule:
+    boundaries = [float(b) for b in boundaries]  # fractions of training
+    return linear_warmup(piecewise_constant(peak_value, boundaries, factors, total_steps),
+                         warmup_steps)
+
+
+# Every registered factory takes (peak_value, total_steps, warmup_steps, **its own options): the
+# training loop passes the config's `schedule.<name>` section as those options, untouched.
 _SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "constant": constant,
-    "cosine": cosine,
-    "piecewise_constant": piecewise_constant,
+    "constant": _constant_factory,
+    "cosine": _cosine_factory,
+    "piecewise_constant": _piecewise_factory,
 }
+
+
+def register_schedule(name: str, factory: Callable[..., Schedule]) -> None:
+    """Registers `factory(peak_value, total_steps, warmup_steps=0, **options) -> Schedule`.
+
+    Raises:
+        ValueError: If `name` is taken.
+    """
+    if name in _SCHEDULES:
+        raise ValueError(f"schedule {name!r} is already registered")
+    _SCHEDULES[name] = factory
 
 
 def list_schedules() -> list[str]:
@@ -152,19 +210,24 @@ def get_schedule(name: str, **kwargs: Any) -> Schedule:
 
     Args:
         name: One of `list_schedules()`.
-        **kwargs: Arguments of the schedule's constructor (see `constant`,
-            `cosine`, `piecewise_constant`).
+        **kwargs: `peak_value`, `total_steps`, optionally `warmup_steps`, and the
+            schedule's own options (cosine: `end_value`; piecewise_constant:
+            `boundaries` as fractions of training and `factors`).
 
     Returns:
         The schedule, a jittable function of the step.
 
     Raises:
-        ValueError: If `name` is unknown.
+        ValueError: If `name` is unknown or an option is not one of its options.
     """
     try:
         factory = _SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown schedule {name!r}; valid: {list_schedules()}") from None
+    accepted = set(inspect.signature(factory).parameters)
+    unknown = set(kwargs) - accepted
+    if unknown:
+        raise ValueError(f"schedule {name!r} has no options {sorted(unknown)}; valid: {sorted(accepted)}")
     return factory(**kwargs)
 
 

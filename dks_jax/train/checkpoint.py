@@ -28,9 +28,11 @@ digests.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
@@ -39,6 +41,7 @@ import orbax.checkpoint as ocp
 
 _STATE, _INTEGRITY = "state", "integrity"
 _FORMAT_VERSION = 1
+_SPACE_MARGIN = 4 * 2**20
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +144,7 @@ class CheckpointManager:
         if not leaves:
             raise ValueError("nothing to save: the pytree has no leaves")
         host = [_host_array(leaf) for leaf in leaves]
+        self._check_free_space(sum(arr.nbytes for arr in host))
         # orbax keeps jax arrays as they are (with their sharding); anything
         # else is written as a numpy array.
         flat = {_leaf_key(i): leaf if isinstance(leaf, jax.Array) else arr
@@ -159,6 +163,18 @@ class CheckpointManager:
             **{_STATE: ocp.args.StandardSave(flat), _INTEGRITY: ocp.args.JsonSave(record)}),
             force=True)
         self._manager.wait_until_finished()
+
+    def _check_free_space(self, nbytes: int) -> None:
+        """Refuses a save the disk cannot hold, before orbax starts writing it.
+
+        orbax reports a full disk from its writer threads as a cascade of logged tracebacks and leaves a
+        temporary directory behind; this check turns the common case into one ``OSError(ENOSPC)``.
+        """
+        needed = 2 * nbytes + _SPACE_MARGIN  # the data, orbax's metadata, and room for the rest of the run
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"No space left on device: a checkpoint needs about "
+                          f"{needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free", self.directory)
 
     def restore(self, step: int, target: Any) -> Any:
         """Restores checkpoint `step` into the structure of `target`, verified.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def _to_python(value: Any) -> Any:
@@ -23,42 +26,100 @@ def _to_python(value: Any) -> Any:
     return arr.tolist()
 
 
+class MetricsFileError(RuntimeError):
+    """``metrics.jsonl`` is damaged somewhere other than its last line."""
+
+
+def read_rows(path: str | os.PathLike, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file (``[]`` when it does not exist).
+
+    A torn last line (a crash while appending) is dropped with a warning, and with ``repair`` the file
+    is rewritten without it. Damage anywhere else is an error: the history cannot be trusted.
+
+    Raises:
+      MetricsFileError: A line other than the last is not a JSON object (names the file and line).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows, torn = [], None
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    for position, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if position == len(numbered) - 1:
+                torn = number
+                break
+            raise MetricsFileError(
+                f"{path} line {number} is not a valid metrics row ({err}); the file is damaged before its "
+                "end, so the run's history cannot be trusted: repair that line or move the file aside."
+            ) from None
+        rows.append(row)
+    if torn is not None:
+        log.warning("%s: dropped its torn last line %d (a crash while writing it).", path, torn)
+        if repair:
+            _rewrite(path, rows)
+    return rows
+
+
+def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class MetricsWriter:
     """Writes train/eval metrics to ``metrics.jsonl`` and TensorBoard under a work directory.
 
-    Rows are appended, so a resumed run continues the same files; on resume, rows of steps beyond
-    the restored checkpoint (written after it, then lost to an interruption) are dropped so the log
-    stays a function of the step.
+    Only process 0 of a multi-process run writes (every process may call ``write``). Rows are appended,
+    so a resumed run continues the same files. On resume, rows of steps beyond the restored checkpoint
+    (written after it, then lost to an interruption; training recomputes them exactly) leave the log so
+    that it stays a function of the step; they are kept in ``metrics_superseded.jsonl``, never dropped.
 
     Args:
       workdir: The run's directory.
       resume_step: The step the run resumes from (0 for a fresh run).
       tensorboard: Also write TensorBoard event files (under ``workdir/tensorboard``).
+      enabled: Whether this process writes; default: ``jax.process_index() == 0``.
     """
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True,
+                 enabled: bool | None = None):
+        if enabled is None:
+            import jax
+            enabled = jax.process_index() == 0
+        self.enabled = enabled
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / "metrics.jsonl"
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
         self._tb = None
+        if not enabled:
+            return
+        rows = read_rows(self.path, repair=True)
+        later = [r for r in rows if r.get("step", 0) > resume_step]
+        if later:
+            superseded = self.workdir / "metrics_superseded.jsonl"
+            with superseded.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in later))
+            log.warning("%d metrics rows after step %d (the restored checkpoint) will be recomputed; "
+                        "the old ones moved to %s.", len(later), resume_step, superseded)
+            _rewrite(self.path, [r for r in rows if r.get("step", 0) <= resume_step])
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter  # optional dependency at run time
-                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-            except ImportError:  # pragma: no cover - tensorboardX is in install_requires
-                self._tb = None
+            from tensorboardX import SummaryWriter  # a dependency; imported lazily (slow import)
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
     def write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
-        """Appends one row ``{"kind": kind, "step": step, **metrics}``."""
+        """Appends one row ``{"kind": kind, "step": step, **metrics}`` (non-finite values as null)."""
+        if not self.enabled:
+            return
         # The row's own keys win: K-FAC reports a "step" statistic of its own.
         row = {**{k: _to_python(v) for k, v in metrics.items()},
                "kind": kind, "step": int(step), "time": time.time()}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(strict_json(row) + "\n")
         if self._tb is not None:
             for key, value in row.items():
                 if key in ("kind", "step", "time") or not isinstance(value, (int, float)):
@@ -69,16 +130,28 @@ class MetricsWriter:
 
     def rows(self, kind: str | None = None) -> list[dict[str, Any]]:
         """All rows written so far (optionally only those of one kind)."""
-        if not self.path.exists():
-            return []
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if kind is None or r["kind"] == kind]
+        return [r for r in read_rows(self.path) if kind is None or r["kind"] == kind]
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
             self._tb = None
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON with non-finite floats written as null (``json.dumps`` would write NaN, which is not JSON)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 def plot_curves(rows: list[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
@@ -96,22 +169,26 @@ def plot_curves(rows: list[Mapping[str, Any]], path: str | os.PathLike, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def values(rs: list[Mapping[str, Any]], key: str) -> list[float]:
+        return [np.nan if r.get(key) is None else float(r[key]) for r in rs]
+
     train = [r for r in rows if r["kind"] == "train"]
-    evals = [r for r in rows if r["kind"] == "eval"]
+    evals: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "eval":
+            evals.setdefault(r.get("split", "eval"), []).append(r)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     if train:
-        ax_loss.plot([r["step"] for r in train], [r.get("loss", np.nan) for r in train], label="train loss")
-    if evals and "loss" in evals[0]:
-        ax_loss.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
+        ax_loss.plot([r["step"] for r in train], values(train, "loss"), label="train loss")
+        if "accuracy" in train[0]:
+            ax_acc.plot([r["step"] for r in train], values(train, "accuracy"), label="train accuracy")
+    for split, rs in evals.items():
+        ax_loss.plot([r["step"] for r in rs], values(rs, "loss"), "o-", label=f"{split} loss")
+        ax_acc.plot([r["step"] for r in rs], values(rs, "accuracy"), "o-", label=f"{split} accuracy")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    if train and "accuracy" in train[0]:
-        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train accuracy")
-    if evals:
-        ax_acc.plot([r["step"] for r in evals], [r.get("accuracy", np.nan) for r in evals], "o-",
-                    label="eval accuracy")
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0.0, 1.0)

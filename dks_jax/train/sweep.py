@@ -1,0 +1,359 @@
+"""Hyper-parameter sweeps: a grid of config fields, each point a run in its own workdir, chosen on validation.
+
+``run_sweep(config, axes, workdir)`` trains every point of the grid ``axes`` (``{"learning_rate": [1e-3,
+3e-3], "seed": [0, 1]}``) in ``workdir/<point>/`` (points that already finished are not rerun), ``parallel``
+at a time in worker processes, and chooses the best point on the *validation* split held out of the
+training set (``config.validation_fraction``; the sweep holds out 10% when the config holds out nothing):
+the highest validation accuracy, ties broken by the lower validation loss. The test split is evaluated and
+reported, never used to choose. A point that fails, diverges or ends at chance is a row with its reason.
+``sweep.md`` and ``sweep.json`` in ``workdir`` list every point, the chosen one and why.
+
+``tune_then_seeds`` is the papers' protocol for one table row: sweep on validation with one seed, then
+rerun the chosen point with more seeds and report the mean and spread of test accuracy and final
+training loss.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dks_jax import configlib
+
+DEFAULT_VALIDATION_FRACTION = 0.1
+# A run is "at chance" when its validation accuracy is within this of 1 / num_classes.
+_OK_STATUSES = ("completed", "stopped")
+
+
+def grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the axes, in order (the last axis varies fastest)."""
+    names = list(axes)
+    for name in names:
+        if not list(axes[name]):
+            raise configlib.ConfigError(f"sweep axis {name!r} has no values.")
+    return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def point_name(point: Mapping[str, Any]) -> str:
+    """A directory name for a point: ``learning_rate=0.003,seed=1``."""
+    def text(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        if isinstance(value, (tuple, list)):
+            return "-".join(text(v) for v in value)
+        return str(value)
+    name = ",".join(f"{k}={text(v)}" for k, v in point.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def parse_axis(config: Any, spec: str) -> tuple[str, list[Any]]:
+    """``"learning_rate=1e-3,3e-3"`` -> ``("learning_rate", [0.001, 0.003])`` in the field's type."""
+    path, sep, values = spec.partition("=")
+    if not sep or not values.strip():
+        raise configlib.ConfigError(f"--sweep={spec!r}: expected FIELD=V1,V2,...")
+    parsed = [configlib.parse_override(config, path.strip(), v.strip()) for v in values.split(",") if v.strip()]
+    return path.strip(), parsed
+
+
+def sweep_config(base: Any, point: Mapping[str, Any]) -> Any:
+    """The config of one point: ``base`` with the point's fields, validated, with a validation split."""
+    config = configlib.set_fields(_copy(base), dict(point))
+    if float(config.validation_fraction) == 0.0:
+        config.validation_fraction = DEFAULT_VALIDATION_FRACTION
+    configlib.validate(config)
+    return config
+
+
+def _copy(config: Any) -> Any:
+    import copy
+    return copy.deepcopy(config)
+
+
+@dataclasses.dataclass
+class PointResult:
+    """One point of a sweep.
+
+    Attributes:
+      point: The swept fields and their values.
+      workdir: The point's run directory.
+      status: 'completed' / 'stopped' (trained), 'diverged', 'at_chance' or 'failed'.
+      reason: Why a point is not usable ('' for usable ones).
+      summary: The run's summary.json (or what is known of a failed run).
+    """
+
+    point: dict[str, Any]
+    workdir: str
+    status: str
+    reason: str
+    summary: dict[str, Any]
+
+    @property
+    def usable(self) -> bool:
+        return self.status in _OK_STATUSES
+
+    def metric(self, name: str) -> float:
+        value = self.summary.get(name)
+        return math.nan if value is None else float(value)
+
+
+def _classify(point: dict[str, Any], workdir: Path, summary: dict[str, Any]) -> PointResult:
+    status = summary.get("status", "failed")
+    reason = ""
+    if status == "diverged":
+        reason = str(summary.get("message", "diverged")).split(". The last good")[0]
+    elif status not in _OK_STATUSES:
+        status, reason = "failed", str(summary.get("message", "failed"))
+    else:
+        chance = summary.get("chance_accuracy")
+        val = summary.get("validation_accuracy")
+        if chance is not None and val is not None and val < chance + 0.05:
+            status, reason = "at_chance", (f"validation accuracy {val:.4f} is at chance ({chance:.4f}): "
+                                           "did not learn")
+    return PointResult(point, str(workdir), status, reason, summary)
+
+
+def _train_point(config_json: str, workdir: str, threads: int | None) -> dict[str, Any]:
+    """Worker: trains one point and returns its summary (errors become a summary with a message)."""
+    if threads:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
+                                   f"{threads}").strip()
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from dks_jax.train import loop  # pylint: disable=g-import-not-at-top
+
+    config = configlib.base_config()
+    configlib.set_fields(config, configlib.flatten(json.loads(config_json), ""))
+    _restore_tuples(config)
+    assert isinstance(config, ml_collections.ConfigDict)
+    try:
+        return loop.train_and_evaluate(config, workdir, progress=False)
+    except loop.TrainingDivergedError as err:
+        return {"status": "diverged", "message": str(err)}
+    except (ValueError, RuntimeError, OSError) as err:
+        return {"status": "failed", "message": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+
+
+def _restore_tuples(config: Any) -> None:
+    """JSON turned tuple fields into lists; the schema's types bring them back."""
+    for f in configlib.schema():
+        if isinstance(f.default, tuple):
+            value = configlib.get_path(config, f.path)
+            if isinstance(value, list):
+                configlib.set_fields(config, {f.path: tuple(value)})
+
+
+def _finished(workdir: Path, config: Any) -> dict[str, Any] | None:
+    """The summary of a run already finished in ``workdir`` with this very config, else None."""
+    from dks_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    summary = workdir_lib.read_json(workdir / workdir_lib.SUMMARY_FILE)
+    stored = workdir_lib.read_json(workdir / workdir_lib.CONFIG_FILE)
+    if not summary or stored is None or configlib.changed_fields(stored, config):
+        return None
+    if summary.get("status") in _OK_STATUSES + ("diverged",):
+        return summary
+    return None
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Every point of a sweep and the chosen one.
+
+    Attributes:
+      results: One ``PointResult`` per grid point, in grid order.
+      chosen: Index of the chosen point in ``results`` (None when no point is usable).
+      why: One sentence on why it was chosen (or why none was).
+      metric: The selection metric.
+    """
+
+    results: list[PointResult]
+    chosen: int | None
+    why: str
+    metric: str
+
+    @property
+    def best(self) -> PointResult | None:
+        return None if self.chosen is None else self.results[self.chosen]
+
+
+def select(results: Sequence[PointResult], metric: str = "validation_accuracy") -> tuple[int | None, str]:
+    """The best usable point by ``metric`` (higher is better for accuracies, lower for losses)."""
+    if not metric.startswith("validation_"):
+        raise configlib.ConfigError(f"sweeps choose on the validation split; got metric {metric!r} (use "
+                                    "validation_accuracy or validation_loss).")
+    usable = [i for i, r in enumerate(results) if r.usable and math.isfinite(r.metric(metric))]
+    if not usable:
+        reasons = "; ".join(f"{point_name(r.point)}: {r.status}" for r in results)
+        return None, f"no point is usable ({reasons})."
+    higher = metric.endswith("accuracy")
+    tie = "validation_loss" if higher else "validation_accuracy"
+
+    def key(i: int) -> tuple[float, float]:
+        value, other = results[i].metric(metric), results[i].metric(tie)
+        # Accuracy: highest first, then the lowest loss. Loss: lowest first, then the highest accuracy.
+        # A missing tie-breaker ranks last.
+        if higher:
+            return (-value, math.inf if math.isnan(other) else other)
+        return (value, math.inf if math.isnan(other) else -other)
+
+    ranked = sorted(usable, key=key)
+    best = ranked[0]
+    text = f"{'highest' if higher else 'lowest'} {metric.replace('_', ' ')} {results[best].metric(metric):.4f}"
+    if len(ranked) > 1:
+        runner = ranked[1]
+        text += (f" (next: {results[runner].metric(metric):.4f} at {point_name(results[runner].point)}; "
+                 f"ties broken by {tie.replace('_', ' ')})")
+    skipped = len(results) - len(usable)
+    if skipped:
+        text += f"; {skipped} of {len(results)} points not usable (failed, diverged or at chance)"
+    return best, text + "."
+
+
+def run_points(configs: Sequence[tuple[dict[str, Any], Any, Path]], *, parallel: int = 1,
+               threads_per_point: int | None = None,
+               on_result: Callable[[PointResult], None] | None = None) -> list[PointResult]:
+    """Trains ``(point, config, workdir)`` triples (finished ones are read, not rerun), ``parallel`` at a time."""
+    results: list[PointResult | None] = [None] * len(configs)
+    todo = []
+    for index, (point, config, workdir) in enumerate(configs):
+        done = _finished(Path(workdir), config)
+        if done is not None:
+            results[index] = _classify(point, Path(workdir), done)
+            if on_result:
+                on_result(results[index])
+        else:
+            todo.append(index)
+    if todo:
+        payload = {i: json.dumps(configlib.to_json_dict(configs[i][1])) for i in todo}
+        context = multiprocessing.get_context("spawn")  # JAX does not survive fork
+        with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=context,
+                                                    max_tasks_per_child=1) as pool:
+            futures = {pool.submit(_train_point, payload[i], str(configs[i][2]), threads_per_point): i
+                       for i in todo}
+            for future in concurrent.futures.as_completed(futures):
+                i = futures[future]
+                point, _, workdir = configs[i]
+                try:
+                    summary = future.result()
+                except Exception as err:  # pylint: disable=broad-except  (a crashed worker is a row)
+                    summary = {"status": "failed", "message": f"worker crashed: {type(err).__name__}: {err}"}
+                results[i] = _classify(point, Path(workdir), summary)
+                if on_result:
+                    on_result(results[i])
+    return [r for r in results if r is not None]
+
+
+def run_sweep(base: Any, axes: Mapping[str, Sequence[Any]], workdir: str | os.PathLike, *,
+              parallel: int = 1, metric: str = "validation_accuracy", threads_per_point: int | None = None,
+              on_result: Callable[[PointResult], None] | None = None, write: bool = True) -> SweepResult:
+    """Trains the grid ``axes`` over ``base`` and chooses the best point on validation (module docstring)."""
+    workdir = Path(workdir)
+    triples, invalid = [], {}
+    for index, point in enumerate(grid(axes)):
+        try:
+            triples.append((point, sweep_config(base, point), workdir / point_name(point)))
+        except configlib.ConfigError as err:  # an invalid point is a row, not the end of the sweep
+            invalid[index] = PointResult(point, str(workdir / point_name(point)), "failed", str(err), {})
+            if on_result:
+                on_result(invalid[index])
+    trained = iter(run_points(triples, parallel=parallel, threads_per_point=threads_per_point,
+                              on_result=on_result))
+    results = [invalid[i] if i in invalid else next(trained) for i in range(len(triples) + len(invalid))]
+    chosen, why = select(results, metric)
+    result = SweepResult(results, chosen, why, metric)
+    if write:
+        write_report(result, workdir, base, axes)
+    return result
+
+
+# Columns of the sweep table: (heading, summary key, format).
+_COLUMNS = (("validation acc.", "validation_accuracy", "{:.4f}"), ("validation loss", "validation_loss",
+            "{:.4f}"), ("test acc.", "test_accuracy", "{:.4f}"), ("final train loss", "train_loss", "{:.4f}"),
+            ("steps", "steps", "{:d}"), ("seconds", "wall_seconds", "{:.0f}"))
+
+
+def markdown(result: SweepResult, axes: Sequence[str]) -> str:
+    """The sweep table: one row per point, the chosen one marked, and why."""
+    head = list(axes) + [c[0] for c in _COLUMNS] + ["status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(result.results):
+        cells = [_fmt(r.point.get(a)) for a in axes]
+        for _, key, fmt in _COLUMNS:
+            value = r.summary.get(key)
+            cells.append("-" if value is None else fmt.format(value))
+        status = r.status + (f": {r.reason}" if r.reason else "")
+        cells.append(("**chosen** " if i == result.chosen else "") + status.replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    chosen = (f"Chosen: {point_name(result.best.point)}, {result.why}" if result.best is not None
+              else f"Chosen: none; {result.why}")
+    return "\n".join(lines) + f"\n\n{chosen}\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(result: SweepResult, workdir: Path, base: Any, axes: Mapping[str, Sequence[Any]]) -> None:
+    """Writes ``sweep.md`` and ``sweep.json`` in ``workdir``."""
+    from dks_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = (f"# Sweep over {', '.join(axes)}\n\nSelection: the {result.metric.replace('_', ' ')} on the "
+            f"validation split ({_validation_fraction(base):g} of the training set, held out); the test "
+            "split is reported, never used to choose.\n\n" + markdown(result, list(axes)))
+    (workdir / "sweep.md").write_text(text, encoding="utf-8")
+    workdir_lib.write_json(workdir / "sweep.json", {
+        "axes": {k: list(v) for k, v in axes.items()}, "metric": result.metric,
+        "chosen": None if result.best is None else result.best.point, "why": result.why,
+        "points": [dataclasses.asdict(r) for r in result.results], "time": time.time()})
+
+
+def _validation_fraction(base: Any) -> float:
+    return float(base.validation_fraction) or DEFAULT_VALIDATION_FRACTION
+
+
+@dataclasses.dataclass
+class TunedRow:
+    """A table row tuned by ``tune_then_seeds``.
+
+    Attributes:
+      sweep: The tuning sweep (seed of ``base``).
+      seeds: The chosen point's runs, one per seed (the sweep's own run is the first).
+    """
+
+    sweep: SweepResult
+    seeds: list[PointResult]
+
+    def stats(self, key: str) -> tuple[float, float, int]:
+        """(mean, standard deviation, count) of a summary value over the usable seed runs."""
+        values = [r.metric(key) for r in self.seeds if r.usable and math.isfinite(r.metric(key))]
+        if not values:
+            return math.nan, math.nan, 0
+        return float(np.mean(values)), float(np.std(values, ddof=1) if len(values) > 1 else 0.0), len(values)
+
+
+def tune_then_seeds(base: Any, axes: Mapping[str, Sequence[Any]], workdir: str | os.PathLike,
+                    seeds: Sequence[int], *, parallel: int = 1, threads_per_point: int | None = None,
+                    on_result: Callable[[PointResult], None] | None = None) -> TunedRow:
+    """Sweeps ``axes`` at ``base.seed`` on validation, then reruns the chosen point at every seed."""
+    workdir = Path(workdir)
+    tuned = run_sweep(base, axes, workdir / "tune", parallel=parallel, threads_per_point=threads_per_point,
+                      on_result=on_result)
+    if tuned.best is None:
+        return TunedRow(tuned, [])
+    chosen = dict(tuned.best.point)
+    extra = [s for s in seeds if s != int(base.seed)]
+    triples = [({**chosen, "seed": s}, sweep_config(base, {**chosen, "seed": s}),
+                workdir / f"seed={s}") for s in extra]
+    reruns = run_points(triples, parallel=parallel, threads_per_point=threads_per_point,
+                        on_result=on_result)
+    return TunedRow(tuned, [tuned.best] + reruns)
