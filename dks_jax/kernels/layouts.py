@@ -297,10 +297,11 @@ def transformer(num_blocks: int, width: int, vocab_size: int, *, num_heads: int 
 
     def sublayer(name: str, layers: tuple[g.Node, ...]) -> g.Node:
         if block == "norm_only":
-            return g.Sequential((g.LayerNorm(),) + layers, name=name)
+            return g.Sequential((g.LayerNorm(name="norm"),) + layers, name=name)
         if block == "vanilla":
             return g.Sequential(layers, name=name) if len(layers) > 1 else layers[0]
-        residual = g.Sequential(((g.LayerNorm(),) if block == "pre_ln" else ()) + layers)
+        residual = g.Sequential(((g.LayerNorm(name="norm"),) if block == "pre_ln" else ()) + layers,
+                                name="residual")
         weights = residual_weights(shortcut_weight) if block == "skips_only" else None
         return g.WeightedSum((g.Sequential(()), residual), weights, name=name)
 
