@@ -99,7 +99,9 @@ class _Interpreter:
         if isinstance(node, g.Attention):
             return sequence_layers.SelfAttention(node, self.w_init, self.b_init, name=name)(x)
         if isinstance(node, g.LayerNorm):
-            return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)(x)
+            # On the flattened rows, like Dense: K-FAC's scale-and-shift block then sees one row per token.
+            norm = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
+            return norm(x.reshape((-1, x.shape[-1]))).reshape(x.shape)
         if isinstance(node, g.Conv):
             if x.ndim != 4:
                 raise ValueError(f"Conv layer {name!r} needs NHWC inputs (rank 4), got shape {x.shape}; "

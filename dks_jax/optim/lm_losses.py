@@ -8,6 +8,10 @@ rescaled so that the registered loss equals the masked mean returned here).
 Evaluation accumulates ``lm_eval_sums`` over batches; ``bits_per_character`` turns the sums into the metric
 (the natural-log loss per predicted character divided by ln 2). With the character vocabulary of
 ``dks_jax.data.text`` one token is one character.
+
+K-FAC: the sequence models apply every dense layer to the ``[B * T, features]`` rows and the loss is
+registered over ``B * T`` rows, so kfac_jax must normalize its statistics by the number of tokens, not of
+sequences: pass ``extra_kwargs={"batch_size_extractor": kfac_batch_size}`` in the K-FAC config.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dks_jax.optim import losses
 
@@ -82,3 +87,8 @@ def bits_per_character(nll_sum: float, count: float) -> float:
     if count <= 0:
         raise ValueError(f"bits_per_character: count must be > 0, got {count}")
     return float(nll_sum) / float(count) / LN2
+
+
+def kfac_batch_size(batch: dict) -> int:
+    """Rows K-FAC sees in an LM batch: one per token (kfac_jax's ``batch_size_extractor``)."""
+    return int(np.prod(np.shape(batch["targets"])))
