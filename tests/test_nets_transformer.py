@@ -25,6 +25,7 @@ from dks_jax import sequence_diagnostics as sd
 from dks_jax.kernels import attention as att
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import sequence
+from dks_jax.nets import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 40
@@ -108,6 +109,8 @@ def test_variants_build_with_the_expected_layers():
             assert "attn_0/residual/attention/value" in names and "mlp_0/residual/fc_in" in names
         logits, _ = model.apply_jit(params, {}, None, model.dummy_input(2))
         assert logits.shape == (2, 5, VOCAB) and np.all(np.isfinite(np.asarray(logits)))
+        # The spec arithmetic of nets.summary counts exactly the parameters Haiku creates.
+        assert summary.cost(model.spec, (5,)).params == model.num_params(params)
     pre_ln = nets.build_model(_config(transformer_block="pre_ln", method="untransformed",
                                       activation="gelu"), VOCAB, (5,))
     params, _ = pre_ln.init(jax.random.PRNGKey(0))
