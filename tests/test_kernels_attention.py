@@ -183,3 +183,25 @@ def test_leaky_relu_closed_form_used_on_kernel_matrices_is_exact():
     grid = np.linspace(-1, 1, 9)
     a = dict(act.shape_params)["negative_slope"]
     np.testing.assert_allclose(c_map(grid), local_maps.leaky_relu_c_map(grid, a), atol=1e-15)
+
+
+def test_propagated_rescaling_gives_unit_q_and_reduces_to_the_row_sums_for_linear_mlps():
+    spec = layouts.transformer(6, 8, 10, num_heads=1, attention="espa", espa_gamma=0.01)
+    t = 20
+    act = transforms.transform("leaky_relu", "TAT", network=spec,
+                               tat=transforms.TATTargets(c_val_0_target=0.7))
+    maps = act.sequence_maps()
+    drifting = sequence.trace(spec, np.eye(t), *maps)
+    assert max(float(np.max(np.diagonal(k))) for k in drifting) > 1.5  # the construction alone drifts
+    rescaled = sequence.rescale_attention(spec, *maps, seq_len=t)
+    for k in sequence.trace(rescaled, np.eye(t), *maps):
+        np.testing.assert_allclose(np.diagonal(k), 1.0, atol=1e-9)
+    # With linear MLPs every attention layer receives exactly its expected Sigma_{l-1}, so the rescaling
+    # is the construction's own: the row sums of L_l L_{l-1}^{-1}.
+    linear = sequence.rescale_attention(spec, *_linear_maps(), seq_len=t)
+    for node in g.iter_nodes(linear):
+        if isinstance(node, g.Attention):
+            row_sums = att.spa_matrix("espa", t, node.param_in, node.param_out).sum(axis=1)
+            np.testing.assert_allclose(node.row_scale, row_sums, rtol=1e-9)
+    with pytest.raises(ValueError, match="row_scale has 20 entries for a sequence of 8 positions"):
+        att.init_matrix(next(n for n in g.iter_nodes(rescaled) if isinstance(n, g.Attention)), 8)

@@ -176,3 +176,21 @@ def test_diagnose_cli_on_a_transformer_config(tmp_path):
     assert "no rank collapse at the last hidden layer" in outputs["espa"]
     assert "windows of 'cpython_chars'" in outputs["softmax"]
     assert "rank collapse at the last hidden layer (predicted and measured)" in outputs["softmax"]
+
+
+def test_propagated_rescaling_keeps_unit_q_at_every_position_in_the_real_module():
+    tokens = sd.distinct_tokens(VOCAB, 32, 4, np.random.default_rng(0))
+    last_q = {}
+    for mode in ("target", "propagated"):
+        model = nets.build_model(_config(width=256, depth=4, c_val_0_target=0.6, spa_rescale=mode), VOCAB,
+                                 (32,))
+        reports = sd.compare(model, tokens, num_inits=4)
+        for r in reports:
+            assert np.max(r.c_err) < 0.06, (mode, r.label, np.max(r.c_err))
+        last_q[mode] = reports[-2]  # last hidden layer
+    # 'target': q grows along the sequence (predicted and measured); 'propagated': 1 at every position.
+    assert last_q["target"].q_pred[-1] > 1.4 and last_q["target"].q_meas[-1] > 1.3
+    np.testing.assert_allclose(last_q["propagated"].q_pred, 1.0, atol=1e-9)
+    assert np.max(np.abs(last_q["propagated"].q_meas - 1.0)) < 0.15
+    with pytest.raises(ValueError, match=r"config.spa_rescale='always' is invalid"):
+        nets.build_model(_config(spa_rescale="always"), VOCAB, (8,))

@@ -157,7 +157,7 @@ def softmax_parameters(node: g.Attention, seq_len: int) -> tuple[np.ndarray, np.
     """The fixed bias ``B`` (``-inf`` where masked) and rescaling ``D`` (None for none) of ``node``.
 
     ``D softmax(B)`` (row-wise softmax) is the attention matrix at initialization, before Value-SkipInit.
-    Read-only arrays (shared through the cache).
+    ``node.row_scale``, when given, replaces ``D``. Read-only arrays (shared through the cache).
     """
     g.validate(node)
     if node.kind == "softmax":
@@ -170,17 +170,32 @@ def softmax_parameters(node: g.Attention, seq_len: int) -> tuple[np.ndarray, np.
         scale = a.sum(axis=1)
         with np.errstate(divide="ignore"):
             bias = np.log(a / scale[:, None])  # zeros (the causal mask among them) become -inf
+    if node.row_scale is not None:
+        if len(node.row_scale) != seq_len:
+            raise ValueError(f"Attention {node.name!r}: row_scale has {len(node.row_scale)} entries for a "
+                             f"sequence of {seq_len} positions; the model was built for another length.")
+        scale = np.asarray(node.row_scale, np.float64)
+    if scale is not None:
         scale.flags.writeable = False
     bias.flags.writeable = False
     return bias, scale
 
 
+def softmax_rows(bias: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a bias matrix with ``-inf`` entries (float64)."""
+    shifted = np.exp(bias - np.max(bias, axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 def init_matrix(node: g.Attention, seq_len: int) -> np.ndarray:
-    """The attention matrix of ``node`` at initialization (with Value-SkipInit's ``alpha I + beta A``)."""
-    if node.kind == "softmax":
-        a = uniform_matrix(seq_len, node.causal)
-    else:
-        a = spa_matrix(node.kind, seq_len, node.param_in, node.param_out, node.causal)
+    """The attention matrix of ``node`` at initialization (with Value-SkipInit's ``alpha I + beta A``).
+
+    Exactly what the Haiku module computes with zero queries: ``D softmax(B)`` from ``softmax_parameters``.
+    """
+    bias, scale = softmax_parameters(node, seq_len)
+    a = softmax_rows(bias)
+    if scale is not None:
+        a = scale[:, None] * a
     if node.value_skip is not None:
         alpha, beta = node.value_skip
         a = alpha * np.eye(seq_len) + beta * a

@@ -194,6 +194,10 @@ class Attention:
     With ``value_skip = (alpha, beta)`` (Value-SkipInit) the attention matrix becomes ``alpha I + beta A``
     with trainable scalars ``alpha, beta`` initialized to these values.
 
+    ``row_scale`` overrides ``D`` with explicit per-position factors (one per position of the sequence
+    length the model is built for): ``dks_jax.kernels.sequence.rescale_attention`` sets them so that every
+    position leaves the layer with q = 1 given the kernel predicted at its input.
+
     Attributes:
       num_heads: Heads (they divide the features).
       kind: One of ``ATTENTION_KINDS``.
@@ -203,6 +207,8 @@ class Attention:
       value_skip: Initial ``(alpha, beta)`` of Value-SkipInit, or None.
       zero_query_init: Initialize the query weights at zero (needed for an input-independent attention
         matrix at initialization; the standard baseline uses random queries and has no kernel map).
+      row_scale: Explicit location-dependent rescaling ``D`` (positive, one per position), or None for the
+        construction's own (row sums of the SPA matrix; none for 'softmax').
     """
 
     num_heads: int
@@ -212,6 +218,7 @@ class Attention:
     param_out: float = 0.0
     value_skip: tuple[float, float] | None = None
     zero_query_init: bool = True
+    row_scale: tuple[float, ...] | None = None
     name: str | None = None
 
 
@@ -295,6 +302,8 @@ def _validate_attention(node: Attention) -> None:
     if node.kind == "uspa" and not (0.0 <= node.param_in < 1.0 and 0.0 <= node.param_out < 1.0):
         raise ValueError(f"Attention {node.name!r}: U-SPA correlations (param_in, param_out) must lie in "
                          f"[0, 1), got {node.param_in}, {node.param_out}.")
+    if node.row_scale is not None and not all(v > 0 for v in node.row_scale):
+        raise ValueError(f"Attention {node.name!r}: row_scale must be positive, got {node.row_scale!r}.")
     if node.value_skip is not None and len(node.value_skip) != 2:
         raise ValueError(f"Attention {node.name!r}: value_skip must be (alpha, beta), got "
                          f"{node.value_skip!r}.")

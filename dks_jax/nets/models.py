@@ -38,6 +38,7 @@ import numpy as np
 from dks_jax import transforms
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import layouts
+from dks_jax.kernels import sequence as sequence_lib
 from dks_jax.nets import builder
 from dks_jax.nets import initializers
 
@@ -227,7 +228,11 @@ TRANSFORMER_FIELDS = {
     "value_skip_alpha": (1.0, "Value-SkipInit: initial alpha (identity weight)"),
     "value_skip_beta": (0.0, "Value-SkipInit: initial beta (attention weight)"),
     "shortcut_weight": (0.0, "transformer_block='skips_only': shortcut weight w in (0, 1)"),
+    "spa_rescale": ("target", "E-SPA/U-SPA location-dependent rescaling: 'target' (the construction's row "
+                              "sums) or 'propagated' (unit q at every position given the kernel predicted "
+                              "through the MLPs; see kernels.sequence.rescale_attention)"),
 }
+SPA_RESCALE_MODES = ("target", "propagated")
 
 
 @register_model("transformer", inputs="tokens")
@@ -271,6 +276,9 @@ def _transformer(config: Any, num_classes: int) -> g.Sequential:
         raise ValueError(f"config.espa_gamma={gamma} is invalid: it must be > 0.")
     if attention == "uspa" and not 0.0 < rho < 1.0:
         raise ValueError(f"config.uspa_rho={rho} is invalid: it must lie strictly between 0 and 1.")
+    if get("spa_rescale") not in SPA_RESCALE_MODES:
+        raise ValueError(f"config.spa_rescale={get('spa_rescale')!r} is invalid; valid: "
+                         f"{', '.join(SPA_RESCALE_MODES)}.")
     causal = get("causal")
     if causal not in (0, 1, True, False):
         raise ValueError(f"config.causal={causal!r} is invalid; valid: 0, 1.")
@@ -472,6 +480,10 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
     spec = model_spec(config, num_classes)
     init = resolve_init(config)
     activation = solve_activation(config, spec)
+    if inputs == "tokens" and _field(config, "spa_rescale", "target") == "propagated":
+        # Attention is the identity in the scalar graph the activation was solved on, so rescaling it
+        # afterwards leaves the activation's targets unchanged.
+        spec = sequence_lib.rescale_attention(spec, *activation.sequence_maps(), seq_len=input_shape[0])
     forward = builder.make_forward(spec, activation, init=init)
     return Model(name=name, spec=spec, activation=activation, init_name=init, num_classes=num_classes,
                  input_shape=input_shape, transformed=hk.transform_with_state(forward),
