@@ -40,6 +40,7 @@ CONFIDENCE = 0.999
 # measurements of identical positions land near 1e-7; E-SPA's targets keep it near gamma / 2).
 RANK_COLLAPSE_MIN_EIG = 1e-6
 INPUT_MODES = ("distinct", "text")
+DEFAULT_VOCAB = 97  # the character vocabulary of 'cpython_chars', for inputs='distinct
 
 
 @dataclasses.dataclass
@@ -265,7 +266,8 @@ def run_sequence_diagnostics(config: Any, *, num_sequences: int = 8, num_inits: 
 
     Args:
       config: An experiment config with a token model (``model``, the transformer fields, ``seq_len``
-        (default 64), the activation/method fields, and ``dataset`` for ``inputs='text'``).
+        (default 64), the activation/method fields, and ``dataset`` for ``inputs='text'``). With
+        'distinct' inputs the model's vocabulary is ``max(seq_len, DEFAULT_VOCAB)``.
       num_sequences: Input sequences.
       num_inits: Independent initializations.
       seed: Seed of the inputs and initializations.
@@ -296,7 +298,7 @@ def run_sequence_diagnostics(config: Any, *, num_sequences: int = 8, num_inits: 
                      f"{str(e).splitlines()[0]}); using distinct tokens.")
             inputs = "distinct"
     if vocab is None:
-        vocab = int(get("vocab_size", 0) or max(seq_len, 97))
+        vocab = max(seq_len, DEFAULT_VOCAB)
     try:
         model = nets.build_model(config, vocab, (seq_len,))
     except ValueError as e:

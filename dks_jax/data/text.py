@@ -165,9 +165,17 @@ def load_cpython_chars(split: str, data_dir: str | os.PathLike | None = None) ->
       MalformedDatasetError: It is not gzipped UTF-8 text.
     """
     vocab = corpus_vocabulary(data_dir)
-    tokens = vocab.encode(read_split_text(split, data_dir))
-    tokens.flags.writeable = False
+    path = _split_path(data_dir, split)
+    tokens = _encoded(str(path), path.stat().st_mtime_ns, vocab)
     return TokenDataset(tokens=tokens, vocab=vocab, name=CORPUS_NAME, split=split)
+
+
+@functools.lru_cache(maxsize=8)
+def _encoded(path: str, mtime_ns: int, vocab: CharVocabulary) -> np.ndarray:
+    """The split's ids, read-only and cached (encoding the train split takes about a second)."""
+    tokens = vocab.encode(_read_text(path, mtime_ns))
+    tokens.flags.writeable = False
+    return tokens
 
 
 # ----------------------------------------------------------------------------------------------
