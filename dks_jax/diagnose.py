@@ -2,7 +2,12 @@
 
 Usage:
   python -m dks_jax.diagnose --config=configs/default.py[:variant] [--config.field=value ...]
-      [--pairs_per_value=16] [--num_inits=8] [--seed=0]
+      [--pairs_per_value=16] [--num_inits=8] [--seed=0] [--num_sequences=8] [--sequence_inputs=distinct]
+
+Sequence models (``nets.model_inputs(config.model) == 'tokens'``, the transformers) are diagnosed by
+``dks_jax.sequence_diagnostics`` instead: kernel matrices over positions after every layer, predicted and
+measured, and whether they collapse to rank one (``--num_sequences`` input sequences of ``config.seq_len``
+tokens, ``--sequence_inputs`` 'distinct' or 'text').
 
 The config's model is built (the same ``nets.build_model`` as training) and fed pairs of inputs with known
 correlation ``c`` in {0, 0.3, 0.6, 0.9} and unit q (mean squared entry 1): real images of the config's
@@ -58,6 +63,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _PAIRS = flags.DEFINE_integer("pairs_per_value", 16, "Input pairs per target correlation value.")
 _INITS = flags.DEFINE_integer("num_inits", 16, "Independent initializations to average over.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initializations and of the pair selection.")
+_SEQUENCES = flags.DEFINE_integer("num_sequences", 8, "Sequence models: input sequences.")
+_SEQUENCE_INPUTS = flags.DEFINE_enum("sequence_inputs", "distinct", ["distinct", "text"],
+                                     "Sequence models: distinct tokens (input kernel = identity) or text "
+                                     "windows of config.dataset.")
 
 
 @dataclasses.dataclass
@@ -332,7 +341,8 @@ def standard_errors_multiplier(num_inits: int) -> float:
 
 
 def run_diagnostics(config: Any, *, pairs_per_value: int = 16, num_inits: int = 16, seed: int = 0,
-                    print_fn: Callable[[str], None] = print) -> int:
+                    print_fn: Callable[[str], None] = print, num_sequences: int = 8,
+                    sequence_inputs: str = "distinct") -> int:
     """Runs the diagnostics for ``config`` and prints the report.
 
     Args:
@@ -341,6 +351,8 @@ def run_diagnostics(config: Any, *, pairs_per_value: int = 16, num_inits: int = 
       num_inits: Independent initializations to average over (>= 2 for standard errors).
       seed: Seed of the initializations and of the input selection.
       print_fn: Where the report goes.
+      num_sequences: Sequence models only: input sequences.
+      sequence_inputs: Sequence models only: 'distinct' or 'text' (see ``sequence_diagnostics``).
 
     Returns:
       The exit status: 0 pass (or not applicable), 1 a disagreement beyond tolerance, 2 the model cannot
@@ -348,6 +360,11 @@ def run_diagnostics(config: Any, *, pairs_per_value: int = 16, num_inits: int = 
     """
     if pairs_per_value < 1 or num_inits < 1:
         raise ValueError("pairs_per_value and num_inits must be >= 1.")
+    if config.get("model") in nets.list_models() and nets.model_inputs(config.get("model")) == "tokens":
+        from dks_jax import sequence_diagnostics  # pylint: disable=g-import-not-at-top
+        return sequence_diagnostics.run_sequence_diagnostics(
+            config, num_sequences=num_sequences, num_inits=num_inits, seed=seed, inputs=sequence_inputs,
+            print_fn=print_fn)
     rng = np.random.default_rng(seed)
     num_pairs = pairs_per_value * len(C_VALUES)
     images, num_classes, source = load_images(config, 2 * num_pairs, rng, print_fn)
@@ -458,7 +475,8 @@ def main(argv: Sequence[str]) -> int:
     if _CONFIG.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/default.py")
     return run_diagnostics(_CONFIG.value, pairs_per_value=_PAIRS.value, num_inits=_INITS.value,
-                           seed=_SEED.value)
+                           seed=_SEED.value, num_sequences=_SEQUENCES.value,
+                           sequence_inputs=_SEQUENCE_INPUTS.value)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ def _bn(**fields):
 
 def test_registry_lists_every_model():
     assert models.list_models() == sorted(["mlp", "convnet", "vanilla_resnet", "tat_resnet", "resnet_bn",
-                                           "residual_mlp_bn"])
+                                           "residual_mlp_bn", "transformer"])
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(model="transformer"), r"config.model='transformer' is unknown; valid: convnet, mlp"),
+    (dict(model="rnn"), r"config.model='rnn' is unknown; valid: convnet, mlp"),
     (dict(model="vanilla_resnet", depth=42), r"config.depth=42 .* valid: \[18, 34, 50, 101, 152, 200\]"),
     (dict(model="tat_resnet", depth=18, shortcut_weight=0.0), r"config.shortcut_weight=0.0 .* strictly"),
     (dict(model="tat_resnet", depth=18, shortcut_weight=1.0), r"config.shortcut_weight=1.0"),

@@ -18,6 +18,7 @@ from dks_jax.data import cifar10 as _cifar10
 from dks_jax.data import digits as _digits
 from dks_jax.data import mnist as _mnist
 from dks_jax.data import synthetic as _synthetic
+from dks_jax.data import text
 from dks_jax.data import tfds_source as _tfds_source
 from dks_jax.data.augment import Augmenter
 from dks_jax.data.augment import Identity
@@ -54,3 +55,5 @@ from dks_jax.data.presets import train_augmenter
 from dks_jax.data.registry import get_dataset
 from dks_jax.data.registry import list_datasets
 from dks_jax.data.registry import register_dataset
+from dks_jax.data.text import CharVocabulary
+from dks_jax.data.text import TokenDataset

@@ -3,7 +3,9 @@
 A loader is a function `loader(split, data_dir, **kwargs) -> Dataset` where
 `split` is 'train' or 'test' and `data_dir` is whatever the caller passed (None
 when unset). The 'validation' split is not a loader concern: `get_dataset`
-carves it out of 'train' (see `dataset.split_holdout`).
+carves it out of 'train' (see `dataset.split_holdout`), except for datasets
+registered with `native_splits` (e.g. a text corpus shipped with its own
+validation file), whose loader is asked for those splits directly.
 """
 
 from __future__ import annotations
@@ -20,21 +22,31 @@ _LoaderT = TypeVar("_LoaderT", bound=Loader)
 SPLITS = ("train", "validation", "test")
 
 _LOADERS: dict[str, Loader] = {}
+_NATIVE_SPLITS: dict[str, tuple[str, ...]] = {}
 
 
-def register_dataset(name: str) -> Callable[[_LoaderT], _LoaderT]:
+def register_dataset(name: str, *, native_splits: tuple[str, ...] | None = None
+                     ) -> Callable[[_LoaderT], _LoaderT]:
     """Decorator that registers a loader under `name`.
 
     Args:
         name: Registry name; must be unused.
+        native_splits: Splits the loader provides itself (e.g. ('train',
+            'validation', 'test')); None for the default ('validation' is held
+            out of 'train').
 
     Returns:
         A decorator returning the loader unchanged.
     """
+    if native_splits is not None and not set(native_splits) <= set(SPLITS):
+        raise ValueError(f"native_splits of '{name}' must be among {SPLITS}, got {native_splits}")
+
     def decorator(loader: _LoaderT) -> _LoaderT:
         if name in _LOADERS and _LOADERS[name] is not loader:
             raise ValueError(f"dataset '{name}' is already registered")
         _LOADERS[name] = loader
+        if native_splits is not None:
+            _NATIVE_SPLITS[name] = tuple(native_splits)
         return loader
     return decorator
 
@@ -81,7 +93,8 @@ def get_dataset(name: str, split: str = "train", *,
             `num_examples` for synthetic).
 
     Returns:
-        An ArrayDataset (or a SourceDataset for variable-size TFDS images).
+        An ArrayDataset (or a SourceDataset for variable-size TFDS images, or
+        a text.TokenDataset for 'cpython_chars').
 
     Raises:
         KeyError: Unknown dataset name.
@@ -92,6 +105,13 @@ def get_dataset(name: str, split: str = "train", *,
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; expected one of {SPLITS}")
     loader = get_loader(name)
+    if name in _NATIVE_SPLITS:
+        if split not in _NATIVE_SPLITS[name]:
+            raise ValueError(f"'{name}' has no split '{split}'; valid: {_NATIVE_SPLITS[name]}")
+        if validation_size:
+            raise ValueError(f"'{name}' ships its own validation split: validation_size must be 0, got "
+                             f"{validation_size!r}")
+        return loader(split, data_dir, **loader_kwargs)
     if split == "test":
         return loader("test", data_dir, **loader_kwargs)
     if split == "validation" and validation_size == 0:

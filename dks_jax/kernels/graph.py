@@ -21,6 +21,16 @@ Kernel semantics (infinite width, orthogonal or Delta-orthogonal weights, inputs
 * ``BatchNorm`` and unnormalized sums (``weights=None``) have no kernel map here: the standard ResNet
   baseline is built from this spec too, but DKS/TAT cannot be solved for it (a clear error says so).
 
+Sequence layers (the transformers of ``layouts.transformer``): ``Embed`` (token and optional positional
+embedding) is where the kernel graph starts, like ``PerLocationNorm``; ``LayerNorm`` rescales every position
+to q = 1 and keeps correlations; ``Attention`` mixes positions. The scalar graph here tracks the correlation
+of one position across two input sequences, and treats attention as the identity: exact for Value-SkipInit at
+initialization (the attention matrix is then ``I``), and otherwise the approximation that the attention matrix
+at initialization, which does not depend on the input (zero-initialized queries), mixes positions the same
+way in both sequences. What attention does *across positions* (the kernel matrix over the T positions,
+per-position q, rank collapse) is propagated exactly by ``dks_jax.kernels.sequence`` from the same nodes;
+how much attention mixes positions is set by its own target (E-SPA / U-SPA), not by the activation.
+
 This module is pure Python: no JAX, no Haiku.
 """
 
@@ -124,6 +134,94 @@ class BatchNorm:
     name: str | None = None
 
 
+POSITIONAL_MODES = ("none", "learned")
+ATTENTION_KINDS = ("softmax", "espa", "uspa")
+
+
+@dataclasses.dataclass(frozen=True)
+class Embed:
+    """Token embedding of int inputs ``[batch, T]`` into ``[batch, T, features]`` (the sequence input layer).
+
+    Tables start with N(0, 1) entries, so every token has unit q and distinct tokens are uncorrelated (at
+    infinite width). With ``positional='learned'`` a learned embedding of the position (also N(0, 1)) is
+    added and the sum scaled by ``1 / sqrt(2)`` to keep q = 1. Like ``PerLocationNorm``, the kernel graph
+    starts at its output (``dks_jax.kernels.sequence.input_kernel`` gives that kernel for given tokens).
+
+    Attributes:
+      vocab_size: Number of token ids.
+      features: Embedding width.
+      positional: 'none' (positions are told apart by causal masking and the attention biases) or
+        'learned'.
+    """
+
+    vocab_size: int
+    features: int
+    positional: str = "none"
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm:
+    """Layer normalization over the feature axis (per position), with a learned scale and offset.
+
+    Kernel map at initialization (scale 1, offset 0; features of zero mean at infinite width): every
+    position is rescaled to q = 1, correlations are unchanged.
+    """
+
+    name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+    """Multi-head self-attention over the positions of ``[batch, T, features]`` inputs.
+
+    ``out = W_o concat_h(A_h V_h)`` with ``V = x W_v`` and the attention matrix
+    ``A = D softmax(Q K^T / sqrt(d_head) + B + mask)``. At initialization the queries are zero
+    (``zero_query_init``), so ``A`` does not depend on the input and the layer maps the kernel matrix over
+    positions to ``A Sigma A^T`` (orthogonal value and output weights). ``kind`` chooses ``A`` at
+    initialization (see ``dks_jax.kernels.attention``):
+
+    * 'softmax': no bias and ``D = I``: uniform attention over the visible positions (the naive vanilla
+      transformer, whose kernel collapses to rank one with depth);
+    * 'espa' (exponential signal preserving attention): ``A = L_out L_in^{-1}``, ``L`` the Cholesky factor
+      (causal) or symmetric square root (non-causal) of ``Sigma(i, j) = exp(-gamma |i - j|)``, with
+      ``gamma = param_in`` before and ``param_out`` after the layer (``inf`` is the identity kernel); the
+      fixed bias ``B = log`` of ``A``'s row-normalized entries and the fixed location-dependent rescaling
+      ``D`` = its row sums;
+    * 'uspa' (uniform signal preserving attention): the same with ``Sigma = (1 - rho) I + rho 1 1^T`` and
+      ``rho = param_in`` / ``param_out``.
+
+    With ``value_skip = (alpha, beta)`` (Value-SkipInit) the attention matrix becomes ``alpha I + beta A``
+    with trainable scalars ``alpha, beta`` initialized to these values.
+
+    ``row_scale`` overrides ``D`` with explicit per-position factors (one per position of the sequence
+    length the model is built for): ``dks_jax.kernels.sequence.rescale_attention`` sets them so that every
+    position leaves the layer with q = 1 given the kernel predicted at its input.
+
+    Attributes:
+      num_heads: Heads (they divide the features).
+      kind: One of ``ATTENTION_KINDS``.
+      causal: Mask future positions.
+      param_in: E-SPA gamma / U-SPA rho of the kernel this layer expects (unused for 'softmax').
+      param_out: E-SPA gamma / U-SPA rho of the kernel it produces.
+      value_skip: Initial ``(alpha, beta)`` of Value-SkipInit, or None.
+      zero_query_init: Initialize the query weights at zero (needed for an input-independent attention
+        matrix at initialization; the standard baseline uses random queries and has no kernel map).
+      row_scale: Explicit location-dependent rescaling ``D`` (positive, one per position), or None for the
+        construction's own (row sums of the SPA matrix; none for 'softmax').
+    """
+
+    num_heads: int
+    kind: str = "softmax"
+    causal: bool = True
+    param_in: float = 0.0
+    param_out: float = 0.0
+    value_skip: tuple[float, float] | None = None
+    zero_query_init: bool = True
+    row_scale: tuple[float, ...] | None = None
+    name: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Sequential:
     """Layers applied in order."""
@@ -158,9 +256,11 @@ class PreActResidual:
 
 
 Node = Union[Dense, Conv, Act, Pool, GlobalAvgPool, Flatten, Dropout, PerLocationNorm, BatchNorm,
-             Sequential, WeightedSum, PreActResidual]
+             Embed, LayerNorm, Attention, Sequential, WeightedSum, PreActResidual]
 
-_IDENTITY_NODES = (Dense, Conv, Pool, GlobalAvgPool, Flatten, Dropout, PerLocationNorm)
+# Identities of the scalar (per-pair) graph; see the module docstring for the sequence layers.
+_IDENTITY_NODES = (Dense, Conv, Pool, GlobalAvgPool, Flatten, Dropout, PerLocationNorm, Embed, LayerNorm,
+                   Attention)
 
 
 def validate(node: Node) -> None:
@@ -178,6 +278,35 @@ def validate(node: Node) -> None:
             if not 0.0 <= sub.shortcut_weight <= 1.0:
                 raise ValueError(f"PreActResidual {sub.name!r}: shortcut_weight must lie in [0, 1], "
                                  f"got {sub.shortcut_weight}.")
+        if isinstance(sub, Embed):
+            if sub.positional not in POSITIONAL_MODES:
+                raise ValueError(f"Embed {sub.name!r}: positional must be one of {POSITIONAL_MODES}, got "
+                                 f"{sub.positional!r}.")
+            if sub.vocab_size < 1 or sub.features < 1:
+                raise ValueError(f"Embed {sub.name!r}: vocab_size and features must be positive, got "
+                                 f"{sub.vocab_size} and {sub.features}.")
+        if isinstance(sub, Attention):
+            _validate_attention(sub)
+
+
+def _validate_attention(node: Attention) -> None:
+    if node.kind not in ATTENTION_KINDS:
+        raise ValueError(f"Attention {node.name!r}: kind must be one of {ATTENTION_KINDS}, got "
+                         f"{node.kind!r}.")
+    if not isinstance(node.num_heads, int) or node.num_heads < 1:
+        raise ValueError(f"Attention {node.name!r}: num_heads must be a positive integer, got "
+                         f"{node.num_heads!r}.")
+    if node.kind == "espa" and not (node.param_in > 0 and node.param_out > 0):
+        raise ValueError(f"Attention {node.name!r}: E-SPA decay rates (param_in, param_out) must be > 0 "
+                         f"(inf for the identity kernel), got {node.param_in}, {node.param_out}.")
+    if node.kind == "uspa" and not (0.0 <= node.param_in < 1.0 and 0.0 <= node.param_out < 1.0):
+        raise ValueError(f"Attention {node.name!r}: U-SPA correlations (param_in, param_out) must lie in "
+                         f"[0, 1), got {node.param_in}, {node.param_out}.")
+    if node.row_scale is not None and not all(v > 0 for v in node.row_scale):
+        raise ValueError(f"Attention {node.name!r}: row_scale must be positive, got {node.row_scale!r}.")
+    if node.value_skip is not None and len(node.value_skip) != 2:
+        raise ValueError(f"Attention {node.name!r}: value_skip must be (alpha, beta), got "
+                         f"{node.value_skip!r}.")
 
 
 def iter_nodes(node: Node) -> Iterator[Node]:
@@ -310,3 +439,8 @@ def _longest(node: Node) -> int:
 def uses_batch_norm(node: Node) -> bool:
     """Whether any layer is a ``BatchNorm``."""
     return any(isinstance(sub, BatchNorm) for sub in iter_nodes(node))
+
+
+def is_sequence_model(node: Node) -> bool:
+    """Whether the network takes token sequences (it has an ``Embed`` or ``Attention`` layer)."""
+    return any(isinstance(sub, (Embed, Attention)) for sub in iter_nodes(node))

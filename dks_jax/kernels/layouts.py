@@ -1,4 +1,4 @@
-"""Layer specifications of the common architectures: plain stacks, MLPs and ResNet-V2 shapes.
+"""Layer specifications of the common architectures: plain stacks, MLPs, ResNet-V2 shapes, transformers.
 
 These are the layouts both the solver (through ``graph.subnet_max_func``) and the Haiku builder in
 ``dks_jax.nets`` read, so the kernel graph and the module can never disagree. Pure Python.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from dks_jax.kernels import attention as attention_lib
 from dks_jax.kernels import graph as g
 
 
@@ -219,6 +220,106 @@ def resnet(depth: int, num_classes: int, *, shortcut_weight: float | None = 0.0,
     kind = "vanilla" if shortcut_weight == 0.0 else ("resnet" if shortcut_weight is None else
                                                      f"tat_resnet_w{shortcut_weight:g}")
     return g.Sequential(tuple(layers), name=f"{kind}_{depth}")
+
+
+TRANSFORMER_BLOCKS = ("vanilla", "norm_only", "skips_only", "pre_ln")
+TRANSFORMER_ATTENTION = ("softmax", "espa", "uspa", "value_skipinit")
+
+
+def transformer(num_blocks: int, width: int, vocab_size: int, *, num_heads: int = 4, mlp_ratio: int = 4,
+                attention: str = "espa", block: str = "vanilla", causal: bool = True,
+                shortcut_weight: float | None = None, espa_gamma: float = 0.005, uspa_rho: float = 0.8,
+                value_skip: tuple[float, float] = (1.0, 0.0), positional: str = "none") -> g.Sequential:
+    """A decoder-only (causal) transformer over token sequences, one of the variants of He et al. (2023).
+
+    Top-level layers: ``embed``, then per block ``attn_<i>`` and ``mlp_<i>`` (each a top-level layer, so
+    diagnostics see the kernel after every sublayer), an optional ``final_norm`` and the ``logits``. The MLP
+    sublayer is ``Dense(mlp_ratio * width), Act, Dense(width)``: one nonlinear layer per block.
+
+    Blocks (``block``):
+
+    * 'vanilla': no skips, no normalization: ``x -> Attn(x)``, ``x -> MLP(x)``;
+    * 'norm_only': ``x -> Attn(LN(x))``, ``x -> MLP(LN(x))`` and a final LN (no skips);
+    * 'skips_only': normalized shortcut sums ``w x + sqrt(1 - w^2) f(x)`` around every sublayer, no
+      normalization (``w = shortcut_weight``);
+    * 'pre_ln': the standard pre-LN transformer ``x + f(LN(x))`` with a final LN, and random query weights
+      (its unnormalized sums have no kernel map: train it with an untransformed activation).
+
+    Attention (``attention``), all with zero-initialized queries except in 'pre_ln':
+
+    * 'softmax': plain softmax attention, uniform over the visible positions at initialization;
+    * 'espa' / 'uspa': signal preserving attention with the E-SPA decay schedule ending at ``espa_gamma``
+      or the U-SPA schedule ending at ``uspa_rho`` (``dks_jax.kernels.attention``);
+    * 'value_skipinit': softmax attention with the matrix ``alpha I + beta A``, ``(alpha, beta)`` starting
+      at ``value_skip``.
+
+    Args:
+      num_blocks: Transformer blocks L (attention + MLP each).
+      width: Features of the residual stream (divisible by ``num_heads``).
+      vocab_size: Token ids in, logits out.
+      num_heads: Attention heads.
+      mlp_ratio: Hidden units of the MLP per feature.
+      attention: One of ``TRANSFORMER_ATTENTION``.
+      block: One of ``TRANSFORMER_BLOCKS``.
+      causal: Mask future positions (a language model); False for bidirectional attention.
+      shortcut_weight: ``w`` in (0, 1) for 'skips_only'; must be None otherwise.
+      espa_gamma: Final E-SPA decay rate gamma_L > 0.
+      uspa_rho: Final U-SPA correlation rho_L in (0, 1).
+      value_skip: Initial (alpha, beta) of Value-SkipInit.
+      positional: 'none' or 'learned' (see ``graph.Embed``).
+
+    Returns:
+      The layer specification.
+    """
+    _check_positive(num_blocks=num_blocks, width=width, vocab_size=vocab_size, num_heads=num_heads,
+                    mlp_ratio=mlp_ratio)
+    if attention not in TRANSFORMER_ATTENTION:
+        raise ValueError(f"transformer: attention must be one of {TRANSFORMER_ATTENTION}, got {attention!r}.")
+    if block not in TRANSFORMER_BLOCKS:
+        raise ValueError(f"transformer: block must be one of {TRANSFORMER_BLOCKS}, got {block!r}.")
+    if width % num_heads:
+        raise ValueError(f"transformer: width {width} is not divisible by num_heads {num_heads}.")
+    if block == "skips_only":
+        if shortcut_weight is None or not 0.0 < shortcut_weight < 1.0:
+            raise ValueError(f"transformer: block 'skips_only' needs shortcut_weight in (0, 1), got "
+                             f"{shortcut_weight!r}.")
+    elif shortcut_weight is not None:
+        raise ValueError(f"transformer: shortcut_weight is only used by block 'skips_only', got "
+                         f"{shortcut_weight!r} with block {block!r}.")
+    if attention == "espa":
+        schedule = attention_lib.espa_schedule(num_blocks, espa_gamma)
+    elif attention == "uspa":
+        schedule = attention_lib.uspa_schedule(num_blocks, uspa_rho)
+    else:
+        schedule = [0.0] * (num_blocks + 1)
+    kind = attention if attention in ("espa", "uspa") else "softmax"
+    skip = tuple(float(v) for v in value_skip) if attention == "value_skipinit" else None
+
+    def sublayer(name: str, layers: tuple[g.Node, ...]) -> g.Node:
+        if block == "norm_only":
+            return g.Sequential((g.LayerNorm(name="norm"),) + layers, name=name)
+        if block == "vanilla":
+            return g.Sequential(layers, name=name) if len(layers) > 1 else layers[0]
+        residual = g.Sequential(((g.LayerNorm(name="norm"),) if block == "pre_ln" else ()) + layers,
+                                name="residual")
+        weights = residual_weights(shortcut_weight) if block == "skips_only" else None
+        return g.WeightedSum((g.Sequential(()), residual), weights, name=name)
+
+    layers: list[g.Node] = [g.Embed(vocab_size, width, positional, name="embed")]
+    for i in range(num_blocks):
+        # In a vanilla block the attention layer is itself the top-level layer, so it carries its name.
+        attn = g.Attention(num_heads, kind, causal, schedule[i], schedule[i + 1], skip,
+                           zero_query_init=block != "pre_ln",
+                           name=f"attn_{i}" if block == "vanilla" else "attention")
+        layers.append(sublayer(f"attn_{i}", (attn,)))
+        mlp = (g.Dense(mlp_ratio * width, name="fc_in"), g.Act(), g.Dense(width, name="fc_out"))
+        layers.append(sublayer(f"mlp_{i}", mlp))
+    if block in ("norm_only", "pre_ln"):
+        layers.append(g.LayerNorm(name="final_norm"))
+    layers.append(g.Dense(vocab_size, name="logits"))
+    spec = g.Sequential(tuple(layers), name=f"transformer_{block}_{attention}_{num_blocks}x{width}")
+    g.validate(spec)
+    return spec
 
 
 def residual_weights(shortcut_weight: float) -> tuple[float, float]:

@@ -13,12 +13,12 @@ Typical use:
 from dks_jax.nets.builder import apply_spec, child_names, make_forward
 from dks_jax.nets.initializers import (INIT_NAMES, ScaledUniformOrthogonal, get_initializer,
                                        haar_orthogonal, weight_gain)
-from dks_jax.nets.models import (Model, build_model, list_models, model_spec, register_model,
-                                 resolve_init, solve_activation)
+from dks_jax.nets.models import (Model, build_model, list_models, model_inputs, model_spec,
+                                 register_model, resolve_init, solve_activation)
 
 __all__ = ["apply_spec", "child_names", "make_forward", "INIT_NAMES", "ScaledUniformOrthogonal",
            "get_initializer", "haar_orthogonal", "weight_gain", "Model", "build_model", "list_models",
-           "model_spec", "register_model", "resolve_init", "solve_activation"]
+           "model_inputs", "model_spec", "register_model", "resolve_init", "solve_activation"]
 
 # Parameter/MAC arithmetic lives in dks_jax.nets.summary (not imported here so that
 # `python -m dks_jax.nets.summary` runs cleanly).

@@ -29,13 +29,15 @@ import jax.numpy as jnp
 from dks_jax.data import pln
 from dks_jax.kernels import graph as g
 from dks_jax.nets import initializers
+from dks_jax.nets import sequence_layers
 
 Array = jax.Array
 ActivationFn = Callable[[Array], Array]
 
 DEFAULT_BN_DECAY = 0.9
 _KIND_PREFIX = {g.Dense: "dense", g.Conv: "conv", g.BatchNorm: "batch_norm", g.Sequential: "seq",
-                g.WeightedSum: "sum", g.PreActResidual: "block"}
+                g.WeightedSum: "sum", g.PreActResidual: "block", g.Embed: "embed",
+                g.LayerNorm: "layer_norm", g.Attention: "attention"}
 
 
 def child_names(nodes: Sequence[g.Node], roles: Sequence[str | None] | None = None) -> list[str | None]:
@@ -86,8 +88,20 @@ class _Interpreter:
         if isinstance(node, g.Act):
             return self.activation(x)
         if isinstance(node, g.Dense):
+            if x.ndim > 2:
+                # Sequences [batch, T, features]: one dense layer on the flattened rows (K-FAC's dense block).
+                return sequence_layers.dense(x, node.features, with_bias=node.with_bias, w_init=self.w_init,
+                                             b_init=self.b_init, name=name)
             return hk.Linear(node.features, with_bias=node.with_bias, w_init=self.w_init,
                              b_init=self.b_init, name=name)(x)
+        if isinstance(node, g.Embed):
+            return sequence_layers.Embedding(node, name=name)(x)
+        if isinstance(node, g.Attention):
+            return sequence_layers.SelfAttention(node, self.w_init, self.b_init, name=name)(x)
+        if isinstance(node, g.LayerNorm):
+            # On the flattened rows, like Dense: K-FAC's scale-and-shift block then sees one row per token.
+            norm = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)
+            return norm(x.reshape((-1, x.shape[-1]))).reshape(x.shape)
         if isinstance(node, g.Conv):
             if x.ndim != 4:
                 raise ValueError(f"Conv layer {name!r} needs NHWC inputs (rank 4), got shape {x.shape}; "
@@ -168,6 +182,17 @@ class _Interpreter:
         return w * shortcut + math.sqrt(1.0 - w * w) * res
 
 
+def _num_random_draws(node: g.Node) -> int:
+    """Random weight draws a node makes at initialization (only an upper bound matters: key reservation)."""
+    if isinstance(node, (g.Dense, g.Conv)):
+        return 1
+    if isinstance(node, g.Embed):
+        return 2 if node.positional == "learned" else 1
+    if isinstance(node, g.Attention):
+        return 4
+    return 0
+
+
 def apply_spec(spec: g.Node, x: Array, *, activation: ActivationFn, init: str = "orthogonal",
                is_training: bool = False, return_trace: bool = False,
                bn_decay: float = DEFAULT_BN_DECAY) -> Array | tuple[Array, list[Array]]:
@@ -175,7 +200,8 @@ def apply_spec(spec: g.Node, x: Array, *, activation: ActivationFn, init: str = 
 
     Args:
       spec: The layer specification (usually a ``Sequential``).
-      x: The input batch (NHWC images, or ``[batch, features]`` vectors for dense-only networks).
+      x: The input batch (NHWC images, ``[batch, features]`` vectors for dense-only networks, or int
+        tokens ``[batch, T]`` for sequence models).
       activation: The nonlinearity applied at every ``Act`` node (a ``TransformedActivation``).
       init: Weight initializer name (``initializers.INIT_NAMES``); biases start at zero.
       is_training: Enables dropout and batch statistics in ``BatchNorm``.
@@ -190,7 +216,7 @@ def apply_spec(spec: g.Node, x: Array, *, activation: ActivationFn, init: str = 
     if hk.running_init():
         # One key split for all weight initializers instead of one per layer: each split is a separate
         # threefry computation for XLA to compile, a large share of a deep network's init compile time.
-        hk.reserve_rng_keys(sum(isinstance(n, (g.Dense, g.Conv)) for n in g.iter_nodes(spec)) or 1)
+        hk.reserve_rng_keys(sum(_num_random_draws(n) for n in g.iter_nodes(spec)) or 1)
     trace: list[Array] | None = [] if return_trace else None
     if isinstance(spec, g.Sequential):
         # The outer Sequential opens no scope, so names start at the top-level layers (stable when the

@@ -216,6 +216,27 @@ class TruncatedNormalFanIn(hk.initializers.Initializer):
                            lambda gen: std * truncated_normal_numpy(gen, shape))
 
 
+class StandardNormal(hk.initializers.Initializer):
+    """I.i.d. normal entries with standard deviation ``stddev`` (embedding tables: unit q per token).
+
+    Drawn on the host like every initializer here (see ``host_random``).
+
+    Attributes:
+      stddev: Standard deviation of every entry.
+    """
+
+    def __init__(self, stddev: float = 1.0):
+        self.stddev = float(stddev)
+
+    def __repr__(self) -> str:
+        return f"StandardNormal(stddev={self.stddev})"
+
+    def __call__(self, shape: Sequence[int], dtype: Any) -> jax.Array:
+        shape = tuple(int(d) for d in shape)
+        return host_random(hk.next_rng_key(), shape, dtype,
+                           lambda gen: self.stddev * gen.standard_normal(shape))
+
+
 def get_initializer(name: str) -> hk.initializers.Initializer:
     """The weight initializer registered under ``name``.
 

@@ -18,7 +18,10 @@ Registered models:
 * ``resnet_bn``: the standard ResNet-V2 baseline (batch norm, plain shortcut sums), untransformed ReLU and
   He initialization;
 * ``residual_mlp_bn``: its MLP-shaped counterpart (dense stem, ``config.depth // 2`` pre-activation
-  residual blocks of two dense layers, batch norm).
+  residual blocks of two dense layers, batch norm);
+* ``transformer``: a decoder-only transformer over int token sequences ``(T,)`` (``num_classes`` is the
+  vocabulary size; logits ``[batch, T, vocab]``), ``config.depth`` blocks of width ``config.width``; see
+  ``TRANSFORMER_FIELDS`` for its fields and ``layouts.transformer`` for the variants.
 """
 
 from __future__ import annotations
@@ -35,24 +38,43 @@ import numpy as np
 from dks_jax import transforms
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import layouts
+from dks_jax.kernels import sequence as sequence_lib
 from dks_jax.nets import builder
 from dks_jax.nets import initializers
 
 SpecFactory = Callable[[Any, int], g.Sequential]
 
 _REGISTRY: dict[str, SpecFactory] = {}
+# What each model takes: 'images' (H, W, C), 'vectors' ((D,) or images, flattened first), 'tokens' (T,).
+INPUT_KINDS = ("images", "vectors", "tokens")
+_INPUTS: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[SpecFactory], SpecFactory]:
-    """Registers ``factory(config, num_classes) -> layer specification`` under ``name``."""
+def register_model(name: str, *, inputs: str = "images") -> Callable[[SpecFactory], SpecFactory]:
+    """Registers ``factory(config, num_classes) -> layer specification`` under ``name``.
+
+    Args:
+      name: Registry name (``config.model``).
+      inputs: One of ``INPUT_KINDS``: what one example looks like.
+    """
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"register_model: inputs must be one of {INPUT_KINDS}, got {inputs!r}.")
 
     def decorator(factory: SpecFactory) -> SpecFactory:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"Model {name!r} is already registered.")
         _REGISTRY[name] = factory
+        _INPUTS[name] = inputs
         return factory
 
     return decorator
+
+
+def model_inputs(name: str) -> str:
+    """The input kind of registered model ``name`` ('images', 'vectors' or 'tokens')."""
+    if name not in _REGISTRY:
+        raise ValueError(f"config.model={name!r} is unknown; valid: {', '.join(list_models())}.")
+    return _INPUTS[name]
 
 
 def list_models() -> list[str]:
@@ -104,16 +126,16 @@ def _resnet_kwargs(config: Any) -> dict[str, Any]:
 def _require_no_shortcut_weight(config: Any) -> None:
     w = _field(config, "shortcut_weight", 0.0)
     if w not in (0, 0.0, None):
-        raise ValueError(f"config.shortcut_weight={w} is only read by model 'tat_resnet'; model "
-                         f"{_field(config, 'model')!r} ignores it. Set it to 0.0 or use "
-                         "model='tat_resnet'.")
+        raise ValueError(f"config.shortcut_weight={w} is only read by model 'tat_resnet' (and by model "
+                         f"'transformer' with transformer_block='skips_only'); model "
+                         f"{_field(config, 'model')!r} ignores it here. Set it to 0.0 or use one of those.")
 
 
 # ----------------------------------------------------------------------------------------------
 # The registered layouts.
 
 
-@register_model("mlp")
+@register_model("mlp", inputs="vectors")
 def _mlp(config: Any, num_classes: int) -> g.Sequential:
     _require_no_shortcut_weight(config)
     depth, width = _field(config, "depth"), _field(config, "width")
@@ -179,7 +201,7 @@ def _resnet_bn(config: Any, num_classes: int) -> g.Sequential:
                           use_batch_norm=True, **_resnet_kwargs(config))
 
 
-@register_model("residual_mlp_bn")
+@register_model("residual_mlp_bn", inputs="vectors")
 def _residual_mlp_bn(config: Any, num_classes: int) -> g.Sequential:
     _require_standard_baseline(config)
     depth, width = _field(config, "depth"), _field(config, "width")
@@ -195,6 +217,83 @@ def _residual_mlp_bn(config: Any, num_classes: int) -> g.Sequential:
                          "'residual_mlp_bn' (its layout has no per-location normalization); valid: ''.")
     return layouts.residual_mlp(depth, width, num_classes, shortcut_weight=None, use_batch_norm=True,
                                 dropout_rate=float(_field(config, "dropout_rate", 0.0)))
+
+
+# The transformer's config fields, their defaults and meaning (flat, like every config field).
+TRANSFORMER_FIELDS = {
+    "depth": (None, "transformer blocks L (attention + MLP each)"),
+    "width": (None, "features of the residual stream (d_model)"),
+    "num_heads": (4, "attention heads (divide width)"),
+    "mlp_ratio": (4, "MLP hidden units per feature"),
+    "attention": ("espa", "'softmax' | 'espa' | 'uspa' | 'value_skipinit'"),
+    "transformer_block": ("vanilla", "'vanilla' | 'norm_only' | 'skips_only' | 'pre_ln'"),
+    "causal": (1, "1: causal (language model) masking; 0: bidirectional"),
+    "positional": ("none", "'none' | 'learned' positional embedding"),
+    "espa_gamma": (0.005, "E-SPA: final decay rate gamma_L of exp(-gamma |i - j|)"),
+    "uspa_rho": (0.8, "U-SPA: final off-diagonal correlation rho_L"),
+    "value_skip_alpha": (1.0, "Value-SkipInit: initial alpha (identity weight)"),
+    "value_skip_beta": (0.0, "Value-SkipInit: initial beta (attention weight)"),
+    "shortcut_weight": (0.0, "transformer_block='skips_only': shortcut weight w in (0, 1)"),
+    "spa_rescale": ("target", "E-SPA/U-SPA location-dependent rescaling: 'target' (the construction's row "
+                              "sums) or 'propagated' (unit q at every position given the kernel predicted "
+                              "through the MLPs; see kernels.sequence.rescale_attention)"),
+}
+SPA_RESCALE_MODES = ("target", "propagated")
+
+
+@register_model("transformer", inputs="tokens")
+def _transformer(config: Any, num_classes: int) -> g.Sequential:
+    get = lambda key: _field(config, key, TRANSFORMER_FIELDS[key][0])
+    depth, width = get("depth"), get("width")
+    for key, value in (("depth", depth), ("width", width)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key} must be a positive integer for model 'transformer', got "
+                             f"{value!r}.")
+    block = get("transformer_block")
+    attention = get("attention")
+    for key, value, valid in (("transformer_block", block, layouts.TRANSFORMER_BLOCKS),
+                              ("attention", attention, layouts.TRANSFORMER_ATTENTION),
+                              ("positional", get("positional"), g.POSITIONAL_MODES)):
+        if value not in valid:
+            raise ValueError(f"config.{key}={value!r} is invalid for model 'transformer'; valid: "
+                             f"{', '.join(valid)}.")
+    heads, ratio = get("num_heads"), get("mlp_ratio")
+    for key, value in (("num_heads", heads), ("mlp_ratio", ratio)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key} must be a positive integer for model 'transformer', got "
+                             f"{value!r}.")
+    if width % heads:
+        raise ValueError(f"config.width={width} is not divisible by config.num_heads={heads}.")
+    w = get("shortcut_weight")
+    if block == "skips_only":
+        if not isinstance(w, (int, float)) or not 0.0 < w < 1.0:
+            raise ValueError(f"config.shortcut_weight={w!r} is invalid for transformer_block='skips_only': "
+                             "it must lie strictly between 0 and 1.")
+        shortcut = float(w)
+    else:
+        _require_no_shortcut_weight(config)
+        shortcut = None
+    method = _field(config, "method")
+    if block == "pre_ln" and method not in ("untransformed", "EOC"):
+        raise ValueError(f"config.method={method!r} is invalid for transformer_block='pre_ln': its plain "
+                         "shortcut sums have no kernel map to transform for; valid: 'untransformed', 'EOC'.")
+    gamma, rho = float(get("espa_gamma")), float(get("uspa_rho"))
+    if attention == "espa" and not gamma > 0:
+        raise ValueError(f"config.espa_gamma={gamma} is invalid: it must be > 0.")
+    if attention == "uspa" and not 0.0 < rho < 1.0:
+        raise ValueError(f"config.uspa_rho={rho} is invalid: it must lie strictly between 0 and 1.")
+    if get("spa_rescale") not in SPA_RESCALE_MODES:
+        raise ValueError(f"config.spa_rescale={get('spa_rescale')!r} is invalid; valid: "
+                         f"{', '.join(SPA_RESCALE_MODES)}.")
+    causal = get("causal")
+    if causal not in (0, 1, True, False):
+        raise ValueError(f"config.causal={causal!r} is invalid; valid: 0, 1.")
+    return layouts.transformer(
+        depth, width, num_classes, num_heads=heads, mlp_ratio=ratio, attention=attention, block=block,
+        causal=bool(causal), shortcut_weight=shortcut, espa_gamma=gamma, uspa_rho=rho,
+        value_skip=(float(get("value_skip_alpha")),
+                    float(get("value_skip_beta"))),
+        positional=get("positional"))
 
 
 def model_spec(config: Any, num_classes: int) -> g.Sequential:
@@ -265,6 +364,7 @@ class Model:
       init_name: The weight initializer's name.
       num_classes: Number of logits.
       input_shape: Shape of one input example (without the batch axis).
+      input_dtype: dtype of the inputs: 'float32' (images, vectors) or 'int32' (tokens).
       transformed: The ``hk.TransformedWithState`` of the forward function
         ``f(images, is_training=False, return_trace=False)``.
     """
@@ -276,6 +376,7 @@ class Model:
     num_classes: int
     input_shape: tuple[int, ...]
     transformed: hk.TransformedWithState = dataclasses.field(compare=False, repr=False)
+    input_dtype: str = "float32"  # 'int32' for token inputs
     # Jitted copies of transformed.init / transformed.apply: eager Haiku dispatches (and compiles) every
     # op separately, which for a deep net costs far more than one compilation of the whole graph.
     _jit_init: Callable[..., Any] = dataclasses.field(init=False, compare=False, repr=False)
@@ -294,7 +395,7 @@ class Model:
 
     def dummy_input(self, batch_size: int = 1) -> jax.Array:
         """Zeros of shape ``(batch_size, *input_shape)`` (the initializers do not read input values)."""
-        return jnp.zeros((batch_size,) + self.input_shape, jnp.float32)
+        return jnp.zeros((batch_size,) + self.input_shape, self.input_dtype)
 
     def init(self, rng: jax.Array, images: jax.Array | None = None) -> tuple[hk.Params, hk.State]:
         """Initial ``(params, state)``; ``images`` defaults to ``dummy_input()``."""
@@ -355,7 +456,8 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
         targets.
       num_classes: Number of logits.
       input_shape: Shape of one input example without the batch axis: ``(H, W, C)`` images (required by
-        the ResNets) or ``(D,)`` vectors (MLP only). Per-location normalization, when
+        the ResNets), ``(D,)`` vectors (MLP only) or ``(T,)`` token ids (the transformer; ``num_classes``
+        is then the vocabulary size). Per-location normalization, when
         ``config.pln_mode`` is set, is the model's first layer: do not apply it in the input pipeline too.
 
     Returns:
@@ -367,7 +469,15 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
     """
     input_shape = tuple(int(d) for d in input_shape)
     name = _field(config, "model")
-    if name not in ("mlp", "residual_mlp_bn") and len(input_shape) != 3:
+    inputs = model_inputs(name)
+    if inputs == "tokens":
+        if len(input_shape) != 1 or input_shape[0] < 1:
+            raise ValueError(f"Model {name!r} needs token sequences of shape (T,), got input_shape "
+                             f"{input_shape}.")
+        if _pln_mode(config) is not None:
+            raise ValueError(f"config.pln_mode={_pln_mode(config)!r} does not apply to model {name!r} "
+                             "(token inputs); valid: ''.")
+    elif inputs == "images" and len(input_shape) != 3:
         raise ValueError(f"Model {name!r} needs image inputs of shape (H, W, C), got input_shape "
                          f"{input_shape}.")
     if _pln_mode(config) is not None and len(input_shape) < 2:
@@ -376,6 +486,11 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
     spec = model_spec(config, num_classes)
     init = resolve_init(config)
     activation = solve_activation(config, spec)
+    if inputs == "tokens" and _field(config, "spa_rescale", "target") == "propagated":
+        # Attention is the identity in the scalar graph the activation was solved on, so rescaling it
+        # afterwards leaves the activation's targets unchanged.
+        spec = sequence_lib.rescale_attention(spec, *activation.sequence_maps(), seq_len=input_shape[0])
     forward = builder.make_forward(spec, activation, init=init)
     return Model(name=name, spec=spec, activation=activation, init_name=init, num_classes=num_classes,
-                 input_shape=input_shape, transformed=hk.transform_with_state(forward))
+                 input_shape=input_shape, transformed=hk.transform_with_state(forward),
+                 input_dtype="int32" if inputs == "tokens" else "float32")

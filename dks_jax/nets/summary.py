@@ -6,8 +6,10 @@ nothing even for ResNet-200 at 224 x 224. Costs counted:
 * MACs (multiply-accumulates) of every dense and convolutional layer: ``outputs x fan_in``; bias
   additions, activations, pooling and normalization are not counted (they are lower order). FLOPs are
   ``2 x MACs`` under the usual convention; the table prints both.
-* Parameters: weights and biases, batch-norm scales and offsets (its moving averages are state, not
-  parameters).
+* Parameters: weights and biases, batch-norm and layer-norm scales and offsets (batch norm's moving
+  averages are state, not parameters).
+* Sequence models (input ``(T,)`` token ids): the embedding counts its one-hot matrix product, attention
+  its four projections plus ``Q K^T`` and ``A V``.
 
 Run ``python -m dks_jax.nets.summary`` (or ``scripts/model_summary.py``) for the table.
 """
@@ -49,7 +51,7 @@ def cost(node: g.Node, input_shape: Sequence[int]) -> Cost:
 
     Args:
       node: A layer specification.
-      input_shape: One example's shape without the batch axis: ``(H, W, C)`` or ``(D,)``.
+      input_shape: One example's shape without the batch axis: ``(H, W, C)``, ``(D,)`` or ``(T,)`` tokens.
 
     Returns:
       The ``Cost``.
@@ -77,8 +79,22 @@ def cost(node: g.Node, input_shape: Sequence[int]) -> Cost:
         return Cost(0, 0, (math.prod(shape),))
     if isinstance(node, g.PerLocationNorm):
         return Cost(0, 0, shape[:-1] + (_pln_channels(shape[-1], node.homog_mode),))
-    if isinstance(node, g.BatchNorm):
+    if isinstance(node, (g.BatchNorm, g.LayerNorm)):
         return Cost(2 * shape[-1], 0, shape)
+    if isinstance(node, g.Embed):
+        if len(shape) != 1:
+            raise ValueError(f"Embed needs a (T,) token input, got {shape}.")
+        length, d = shape[0], node.features
+        params = node.vocab_size * d + (length * d if node.positional == "learned" else 0)
+        # Counted as implemented: a one-hot matrix product (T x vocab x features).
+        return Cost(params, length * node.vocab_size * d, (length, d))
+    if isinstance(node, g.Attention):
+        if len(shape) != 2:
+            raise ValueError(f"Attention needs a (T, features) input, got {shape}.")
+        length, d = shape
+        params = 4 * (d * d + d) + (2 if node.value_skip is not None else 0)
+        # Four projections, then Q K^T and A V over the T x T attention matrix.
+        return Cost(params, 4 * length * d * d + 2 * length * length * d, shape)
     if isinstance(node, (g.Act, g.Dropout)):
         return Cost(0, 0, shape)
     if isinstance(node, g.Sequential):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -11,6 +12,7 @@ import numpy as np
 from dks_jax import activations
 from dks_jax.kernels import graph as graph_lib
 from dks_jax.kernels import local_maps
+from dks_jax.kernels import sequence as sequence_lib
 
 PARAM_KEYS = ("input_scale", "input_shift", "output_shift", "output_scale")
 
@@ -129,17 +131,43 @@ class TransformedActivation:
         c = np.asarray(c, np.float64)
         return np.asarray(graph_lib.propagate(network, c, self._interpolated_c_map()))
 
+    def network_kernel_matrix(self, network: graph_lib.Node, kernel: Any) -> np.ndarray:
+        """Kernel matrices over sequence positions ``[..., T, T]`` after ``network`` (a sequence model).
+
+        See ``dks_jax.kernels.sequence``: the diagonals (per-position q) go through the local Q map, the
+        correlations through the local C map, attention layers through their matrices at initialization.
+        """
+        return sequence_lib.propagate(network, np.asarray(kernel, np.float64), self._fast_q_map(),
+                                      self._interpolated_c_map())
+
+    def sequence_maps(self):
+        """``(q_map, c_map)`` as fast vectorized NumPy functions, for ``dks_jax.kernels.sequence``."""
+        return self._fast_q_map(), self._interpolated_c_map()
+
+    def _fast_q_map(self):
+        if self._closed_form_slope() is not None:
+            # Positively homogeneous without shifts: Q(q) = q Q(1) exactly.
+            q1 = float(self.q_map(1.0))
+            return lambda q: q1 * np.asarray(q, np.float64)
+        return lambda q: self.q_map(q)
+
     def _interpolated_c_map(self):
         slope = self._closed_form_slope()
         if slope is not None:
             return lambda x: local_maps.leaky_relu_c_map(np.clip(x, -1.0, 1.0), slope)
-        grid = np.linspace(-1.0, 1.0, 401)
-        values, slopes = self.c_map(grid), self.c_map(grid, derivative=1)
-        from scipy.interpolate import CubicHermiteSpline  # local: scipy is only needed here
-        spline = CubicHermiteSpline(grid, values, slopes)
+        spline = _c_map_spline(self)
         return lambda x: spline(np.clip(x, -1.0, 1.0))
 
     def describe(self) -> Mapping[str, Any]:
         """Everything worth printing about this activation (parameters and local map values)."""
         return {"name": self.name, "method": self.method, **self.as_dict(),
                 **{f"target_{k}": v for k, v in self.local_targets}, **self.local_moments()}
+
+
+@functools.lru_cache(maxsize=64)
+def _c_map_spline(activation: TransformedActivation):
+    """The local C map tabulated on a fine grid with exact slopes (two 2D quadratures; cached)."""
+    grid = np.linspace(-1.0, 1.0, 401)
+    values, slopes = activation.c_map(grid), activation.c_map(grid, derivative=1)
+    from scipy.interpolate import CubicHermiteSpline  # local: scipy is only needed here
+    return CubicHermiteSpline(grid, values, slopes)
