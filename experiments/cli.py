@@ -34,19 +34,33 @@ class UsageError(ValueError):
     """A command-line mistake (unknown flag, missing value)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a ``UsageError`` (one line) instead of exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see --help.")
+
+
+def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """An argparse parser for an entry point without a config (-h/--help handled by the caller)."""
+    result = _Parser(prog=prog, description=description, epilog=epilog, add_help=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    result.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    return result
+
+
 def config_parser(prog: str, description: str, *, default_config: str | None = "configs/default.py",
                   epilog: str = "") -> argparse.ArgumentParser:
-    """An argparse parser with the shared config flags (the entry point adds its own)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, add_help=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config, required=default_config is None,
-                        help="config file[:arg]; override fields with --config.<field>=<value>")
-    parser.add_argument("--describe", action="store_true",
+    """A parser with the shared config flags (the entry point adds its own)."""
+    result = parser(prog, description, epilog)
+    result.add_argument("--config", default=default_config,
+                        help="config file[:arg]; override fields with --config.<field>=<value>"
+                             + ("" if default_config else " (required)"))
+    result.add_argument("--describe", action="store_true",
                         help="print every config field (value, meaning, accepted values) and exit")
-    parser.add_argument("--list", nargs="?", const="all", default=None, metavar="WHAT",
+    result.add_argument("--list", nargs="?", const="all", default=None, metavar="WHAT",
                         help=f"list what can be named ({', '.join(LISTABLE)}; default: all) and exit")
-    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    return parser
+    return result
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -70,29 +84,31 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return rest, overrides
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
+def parse(flags: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, dict]:
     """Parses the flags; unknown flags raise ``UsageError`` with the closest valid one."""
     rest, overrides = split_overrides(argv)
-    namespace, unknown = parser.parse_known_args(rest)
+    namespace, unknown = flags.parse_known_args(rest)
     if unknown:
         flag = unknown[0].split("=", 1)[0]
-        known = [s for action in parser._actions for s in action.option_strings]  # pylint: disable=protected-access
+        known = [s for action in flags._actions for s in action.option_strings]  # pylint: disable=protected-access
         close = difflib.get_close_matches(flag, known, n=1)
         raise UsageError(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else "")
                          + "; see --help.")
     return namespace, overrides
 
 
-def load(spec: str, overrides: dict[str, str]) -> Any:
+def load(spec: str | None, overrides: dict[str, str]) -> Any:
     """The config of ``--config=spec`` with the command line's overrides applied and validated."""
+    if not spec:
+        raise UsageError("--config is required, e.g. --config=configs/default.py.")
     config = configlib.load_config_file(spec, validate_fields=False)
     return configlib.apply_overrides(config, overrides)
 
 
-def help_text(parser: argparse.ArgumentParser) -> str:
+def help_text(flags: argparse.ArgumentParser) -> str:
     """argparse's help plus every config field with its default (``--describe`` shows a config's values)."""
     base = configlib.base_config()
-    return (parser.format_help() + "\nConfig fields (defaults; --config=FILE --describe shows a config's "
+    return (flags.format_help() + "\nConfig fields (defaults; --config=FILE --describe shows a config's "
             "values):\n\n" + configlib.describe(base) + "\n")
 
 
@@ -140,11 +156,11 @@ def _names(kind: str) -> list[tuple[str, str]]:
     return [(n, "") for n in schedules.list_schedules()]
 
 
-def handle_info_flags(parser: argparse.ArgumentParser, args: argparse.Namespace,
+def handle_info_flags(flags: argparse.ArgumentParser, args: argparse.Namespace,
                       overrides: dict[str, str]) -> bool:
     """Prints --help / --list / --describe when asked; returns whether one was."""
     if args.help:
-        print(help_text(parser))
+        print(help_text(flags))
         return True
     if args.list is not None:
         print(catalog(args.list))

@@ -41,3 +41,21 @@ def load_config(spec: str, **fields: Any) -> ml_collections.ConfigDict:
     """Loads ``configs/<spec>`` (``"mnist.py:tiny"``) as ``--config=configs/<spec>`` would, then sets
     ``fields`` as ``--config.<path>=...`` would (not validated here; the loop validates)."""
     return configlib.set_fields(configlib.load_config_file(str(CONFIGS / spec)), fields)
+
+
+def dict_config(**fields: Any) -> dict[str, Any]:
+    """A plain-dict model config (what ``nets.build_model`` also takes); fields of a section may be given
+    flat: ``num_heads=4`` goes to ``transformer.num_heads``, ``c_val_0_target`` to ``tat``, and so on."""
+    sections: dict[str, set[str]] = {}
+    for f in configlib.schema():
+        section, _, name = f.path.rpartition(".")
+        if section in ("transformer", "tat", "dks"):
+            sections.setdefault(section, set()).add(name)
+    config: dict[str, Any] = {}
+    for key, value in fields.items():
+        owner = next((s for s, names in sections.items() if key in names), None)
+        if owner is None:
+            config[key] = value
+        else:
+            config.setdefault(owner, {})[key] = value
+    return config

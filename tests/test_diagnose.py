@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, make_config
-from dks_jax import diagnose
+from dks_jax import diagnostics as diagnose
 from dks_jax import nets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +20,7 @@ def _cli(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["", ":tiny"])
 def test_default_config_passes(variant):
     result = _cli(f"--config=configs/default.py{variant}", )

@@ -48,9 +48,10 @@ def _config(**fields):
 @pytest.mark.parametrize("fields,shape", [
     (dict(model="mlp", depth=20, width=16), (6, 6, 1)),
     (dict(model="convnet", depth=16, width=8), (12, 12, 1)),
-    *[(dict(model="vanilla_resnet", depth=d), (16, 16, 3)) for d in (18, 34, 50, 101, 152, 200)],
-    *[(dict(model="tat_resnet", depth=d, shortcut_weight=0.8, **{"tat.c_val_0_target": 0.8}), (16, 16, 3))
-      for d in (18, 34, 50, 101)],
+    *[pytest.param(dict(model="vanilla_resnet", depth=d), (16, 16, 3),
+                   marks=[pytest.mark.slow] if d > 34 else []) for d in (18, 34, 50, 101, 152, 200)],
+    *[pytest.param(dict(model="tat_resnet", depth=d, shortcut_weight=0.8, **{"tat.c_val_0_target": 0.8}),
+                   (16, 16, 3), marks=[pytest.mark.slow] if d > 18 else []) for d in (18, 34, 50, 101)],
 ])
 def test_every_dense_and_conv_gets_a_kronecker_factored_block(fields, shape):
     model = models.build_model(_config(**fields), 10, shape)

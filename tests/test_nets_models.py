@@ -108,7 +108,8 @@ def _forward(model, batch=2, seed=0):
     return params, state, new_state
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152, 200])
+@pytest.mark.parametrize("depth", [18, 34, 50, *[pytest.param(d, marks=pytest.mark.slow)
+                                                   for d in (101, 152, 200)]])
 def test_vanilla_resnet_forward(depth):
     model = models.build_model(_config(model="vanilla_resnet", depth=depth), 10, (32, 32, 3))
     _forward(model)

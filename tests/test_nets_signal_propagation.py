@@ -139,6 +139,7 @@ def mlp_models():
     return {name: (model, _measure(model, params, x)) for name, model in built.items()}
 
 
+@pytest.mark.slow
 def test_tat_leaky_relu_mlp(mlp_models):
     model, measured = mlp_models["TAT leaky_relu"]
     # Solved on this spec: 50 nonlinear layers, network C(0) = eta = 0.9.
@@ -149,6 +150,7 @@ def test_tat_leaky_relu_mlp(mlp_models):
     _check_leaky_q(qs, steps)
 
 
+@pytest.mark.slow
 def test_tat_leaky_relu_mlp_expected_q_within_10_percent(mlp_models):
     # The Q map predicts q averaged over the random weights. With orthogonal weights E[q_l | q_{l-1}] =
     # Q(q_{l-1}) = q_{l-1} holds exactly at any width for Leaky ReLU, so the mean over initializations
@@ -169,6 +171,7 @@ def test_dks_softplus_mlp(mlp_models):
     assert np.abs(steps - 1).max() < STEP_TOLERANCE
 
 
+@pytest.mark.slow
 def test_eoc_relu_mlp_correlations_collapse_as_predicted(mlp_models):
     model, measured = mlp_models["EOC relu"]
     prediction, _, _ = _check(model, measured, len(model.spec.layers) - 2, check_q_global=False,
@@ -179,6 +182,7 @@ def test_eoc_relu_mlp_correlations_collapse_as_predicted(mlp_models):
     assert tat_measured[-2][1][0] < 0.93
 
 
+@pytest.mark.slow
 def test_tat_leaky_relu_delta_convnet():
     # The project's convnet layout: a 3x3 stem and 49 (Act, 3x3 conv) pairs of 256 channels (two of them
     # strided), i.e. 50 Delta-initialized convolutions and 50 Leaky ReLU layers.

@@ -22,6 +22,7 @@ import pytest
 
 from dks_jax import nets
 from dks_jax import sequence_diagnostics as sd
+from conftest import dict_config
 from dks_jax.kernels import attention as att
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import sequence
@@ -35,7 +36,7 @@ def _config(**fields):
     base = dict(model="transformer", depth=2, width=32, num_heads=4, mlp_ratio=2, attention="espa",
                 activation="leaky_relu", method="TAT", c_val_0_target=0.3)
     base.update(fields)
-    return base
+    return dict_config(**base)
 
 
 def _kernels(h):
@@ -46,7 +47,7 @@ def _kernels(h):
 @pytest.mark.parametrize("fields", [
     dict(attention="softmax"), dict(attention="espa"), dict(attention="uspa"),
     dict(attention="value_skipinit", value_skip_alpha=0.6, value_skip_beta=0.8),
-    dict(attention="espa", causal=0), dict(attention="softmax", causal=0),
+    dict(attention="espa", causal=False), dict(attention="softmax", causal=False),
 ])
 def test_attention_layer_maps_the_kernel_exactly_at_finite_width(fields):
     seq_len = 8
@@ -62,7 +63,7 @@ def test_attention_layer_maps_the_kernel_exactly_at_finite_width(fields):
 
 
 @pytest.mark.parametrize("attention", ["softmax", "espa", "uspa", "value_skipinit"])
-@pytest.mark.parametrize("causal", [1, 0])
+@pytest.mark.parametrize("causal", [True, False])
 def test_causal_masking(attention, causal):
     seq_len = 10
     model = nets.build_model(_config(attention=attention, causal=causal, value_skip_beta=0.5), VOCAB,
@@ -100,7 +101,7 @@ def test_value_skipinit_at_init_is_the_identity_and_queries_start_at_zero():
 def test_variants_build_with_the_expected_layers():
     for block, extra in (("norm_only", {}), ("skips_only", dict(shortcut_weight=0.7)),
                          ("pre_ln", dict(method="untransformed", activation="gelu"))):
-        model = nets.build_model(_config(transformer_block=block, **extra), VOCAB, (5,))
+        model = nets.build_model(_config(block=block, **extra), VOCAB, (5,))
         params, _ = model.init(jax.random.PRNGKey(0))
         names = set(params)
         assert ("final_norm" in names) == (block in ("norm_only", "pre_ln"))
@@ -111,7 +112,7 @@ def test_variants_build_with_the_expected_layers():
         assert logits.shape == (2, 5, VOCAB) and np.all(np.isfinite(np.asarray(logits)))
         # The spec arithmetic of nets.summary counts exactly the parameters Haiku creates.
         assert summary.cost(model.spec, (5,)).params == model.num_params(params)
-    pre_ln = nets.build_model(_config(transformer_block="pre_ln", method="untransformed",
+    pre_ln = nets.build_model(_config(block="pre_ln", method="untransformed",
                                       activation="gelu"), VOCAB, (5,))
     params, _ = pre_ln.init(jax.random.PRNGKey(0))
     assert np.any(np.asarray(params["attn_0/residual/attention/query"]["w"]))  # standard init: random queries
@@ -156,12 +157,9 @@ def test_diagnose_cli_on_a_transformer_config(tmp_path):
 
         def get_config(arg=None):
             c = configlib.base_config()
-            c.model, c.depth, c.width, c.num_heads, c.mlp_ratio = "transformer", 3, 64, 4, 2
-            c.attention, c.transformer_block, c.causal, c.positional = arg or "espa", "vanilla", 1, "none"
-            c.espa_gamma, c.uspa_rho, c.value_skip_alpha, c.value_skip_beta = 0.005, 0.8, 1.0, 0.0
-            c.seq_len, c.dataset = 16, "cpython_chars"
-            c.activation, c.method, c.c_val_0_target = "leaky_relu", "TAT", 0.4
-            c.lock()
+            c.model, c.depth, c.width, c.seq_len, c.dataset = "transformer", 3, 64, 16, "cpython_chars"
+            c.transformer.update(dict(num_heads=4, mlp_ratio=2, attention=arg or "espa", block="vanilla"))
+            c.activation, c.method, c.tat.c_val_0_target = "leaky_relu", "TAT", 0.4
             return c
     """))
     outputs = {}
@@ -192,5 +190,5 @@ def test_propagated_rescaling_keeps_unit_q_at_every_position_in_the_real_module(
     assert last_q["target"].q_pred[-1] > 1.4 and last_q["target"].q_meas[-1] > 1.3
     np.testing.assert_allclose(last_q["propagated"].q_pred, 1.0, atol=1e-9)
     assert np.max(np.abs(last_q["propagated"].q_meas - 1.0)) < 0.15
-    with pytest.raises(ValueError, match=r"config.spa_rescale='always' is invalid"):
+    with pytest.raises(ValueError, match=r"config.transformer.spa_rescale='always' is invalid"):
         nets.build_model(_config(spa_rescale="always"), VOCAB, (8,))

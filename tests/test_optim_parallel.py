@@ -15,6 +15,7 @@ import sys
 import haiku as hk
 import jax
 import numpy as np
+import pytest
 
 from dks_jax import optim
 
@@ -89,6 +90,7 @@ def _main(path):
     np.savez(path, **_train_all(2))
 
 
+@pytest.mark.slow
 def test_one_device_equals_two_devices(tmp_path):
     path = tmp_path / "two_devices.npz"
     here = os.path.dirname(os.path.abspath(__file__))

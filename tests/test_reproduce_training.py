@@ -35,6 +35,7 @@ def _rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[1:]]
 
 
+@pytest.mark.slow
 def test_every_row_trains_for_real(tiny_table):
     workdir, result = tiny_table
     rows = _rows(result.markdown)
@@ -58,6 +59,7 @@ def test_every_row_trains_for_real(tiny_table):
     assert f"{tat_acc:.4f} at depth 13" in claims[0]
 
 
+@pytest.mark.slow
 def test_rerun_reuses_completed_rows(tiny_table):
     workdir, first = tiny_table
     summaries = sorted(workdir.glob("tiny_depth_runs/*/summary.json"))

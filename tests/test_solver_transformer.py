@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import dict_config
 from dks_jax import transforms
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import layouts, local_maps
@@ -68,23 +69,24 @@ def test_pre_ln_baseline_has_no_kernel_map_and_says_so():
     spec = _spec(4, attention="softmax", block="pre_ln")
     with pytest.raises(g.KernelGraphError, match="unnormalized sum"):
         transforms.transform("leaky_relu", "TAT", network=spec, tat=transforms.TATTargets(0.3))
-    config = dict(model="transformer", depth=4, width=16, attention="softmax",
-                  transformer_block="pre_ln", activation="leaky_relu", method="TAT")
-    with pytest.raises(ValueError, match=r"config.method='TAT' is invalid for transformer_block='pre_ln'"):
+    config = dict_config(model="transformer", depth=4, width=16, attention="softmax",
+                         block="pre_ln", activation="leaky_relu", method="TAT")
+    with pytest.raises(ValueError, match=r"config.method='TAT' is invalid for transformer.block='pre_ln'"):
         models.model_spec(config, 11)
 
 
 @pytest.mark.parametrize("fields,message", [
-    (dict(attention="linear"), r"config.attention='linear' is invalid .* valid: softmax, espa"),
-    (dict(transformer_block="post_ln"), r"config.transformer_block='post_ln' is invalid"),
-    (dict(num_heads=3), r"config.width=16 is not divisible by config.num_heads=3"),
-    (dict(transformer_block="skips_only"), r"config.shortcut_weight=0.0 is invalid for transformer_block"),
+    (dict(attention="linear"), r"config.transformer.attention='linear' is invalid; valid: softmax, espa"),
+    (dict(block="post_ln"), r"config.transformer.block='post_ln' is invalid"),
+    (dict(num_heads=3), r"config.width=16 is not divisible by config.transformer.num_heads=3"),
+    (dict(block="skips_only"), r"config.shortcut_weight=0.0 is invalid for transformer.block"),
     (dict(shortcut_weight=0.5), r"config.shortcut_weight=0.5 is only read by model 'tat_resnet'"),
-    (dict(espa_gamma=0.0), r"config.espa_gamma=0.0 is invalid"),
-    (dict(positional="rope"), r"config.positional='rope' is invalid"),
+    (dict(espa_gamma=0.0), r"config.transformer.espa_gamma=0.0 is invalid"),
+    (dict(positional="rope"), r"config.transformer.positional='rope' is invalid"),
 ])
 def test_transformer_config_errors_name_the_field(fields, message):
-    config = dict(model="transformer", depth=4, width=16, activation="leaky_relu", method="TAT", **fields)
+    config = dict_config(model="transformer", depth=4, width=16, activation="leaky_relu", method="TAT",
+                         **fields)
     with pytest.raises(ValueError, match=message):
         models.model_spec(config, 11)
 

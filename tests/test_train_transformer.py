@@ -14,6 +14,7 @@ import kfac_jax
 import numpy as np
 import pytest
 
+from conftest import dict_config
 from dks_jax import data
 from dks_jax import nets
 from dks_jax import optim
@@ -30,7 +31,7 @@ def _model(**fields):
     config = dict(model="transformer", depth=2, width=32, num_heads=4, mlp_ratio=2, attention="espa",
                   activation="leaky_relu", method="TAT", c_val_0_target=0.3)
     config.update(fields)
-    return nets.build_model(config, data.get_dataset("cpython_chars", "test").num_classes, (SEQ_LEN,))
+    return nets.build_model(dict_config(**config), data.get_dataset("cpython_chars", "test").num_classes, (SEQ_LEN,))
 
 
 def _loss_fn(model):
@@ -48,7 +49,7 @@ def _train(model, name, learning_rate, steps, **options):
     params, state = model.init(jax.random.PRNGKey(0), jnp.asarray(first["tokens"]))
     opt = optim.make_optimizer(name, _loss_fn(model), learning_rate, **options)
     rng = jax.random.PRNGKey(1)
-    opt_state = opt.init(params, state, rng, first)
+    train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, first))
     step = opt.jit_step()
     eval_batch = text.eval_batch(valid, 0, global_batch_size=BATCH, seq_len=SEQ_LEN)
 
@@ -62,10 +63,9 @@ def _train(model, name, learning_rate, steps, **options):
     with text.train_iterator(train, global_batch_size=BATCH, seq_len=SEQ_LEN, seed=0,
                              num_steps=steps) as batches:
         for t, batch in enumerate(batches):
-            params, opt_state, state, metrics = step(params, opt_state, state, jax.random.fold_in(rng, t),
-                                                     batch, t)
+            train_state, metrics = step(train_state, jax.random.fold_in(rng, t), batch)
     assert np.isfinite(float(metrics["loss"]))
-    return before, float(evaluate(params))
+    return before, float(evaluate(train_state.params))
 
 
 @pytest.mark.parametrize("name,learning_rate", [("sgd", 0.05), ("adam", 0.01)])
@@ -81,12 +81,12 @@ def test_tiny_lm_training_decreases_the_validation_loss(name, learning_rate):
 def test_tiny_lm_training_with_kfac():
     options = dict(damping=1.0, num_burnin_steps=0, inverse_update_period=5,
                    extra_kwargs={"batch_size_extractor": lm_losses.kfac_batch_size})
-    before, after = _train(_model(transformer_block="norm_only"), "kfac", 0.1, steps=15, **options)
+    before, after = _train(_model(block="norm_only"), "kfac", 0.1, steps=15, **options)
     assert after < before - 1.0, (before, after)
 
 
 @pytest.mark.parametrize("fields", [dict(attention="espa", positional="learned"),
-                                    dict(attention="value_skipinit", transformer_block="norm_only")])
+                                    dict(attention="value_skipinit", block="norm_only")])
 def test_kfac_registers_every_dense_layer_as_a_kronecker_block(fields):
     model = _model(**fields)
     tokens = jnp.zeros((2, SEQ_LEN), jnp.int32)

@@ -21,7 +21,7 @@ Registered models:
   residual blocks of two dense layers, batch norm);
 * ``transformer``: a decoder-only transformer over int token sequences ``(T,)`` (``num_classes`` is the
   vocabulary size; logits ``[batch, T, vocab]``), ``config.depth`` blocks of width ``config.width``; see
-  ``TRANSFORMER_FIELDS`` for its fields and ``layouts.transformer`` for the variants.
+  the config's ``transformer`` section for its settings and ``layouts.transformer`` for the variants.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _require_no_shortcut_weight(config: Any) -> None:
     w = _field(config, "shortcut_weight", 0.0)
     if w not in (0, 0.0, None):
         raise ValueError(f"config.shortcut_weight={w} is only read by model 'tat_resnet' (and by model "
-                         f"'transformer' with transformer_block='skips_only'); model "
+                         f"'transformer' with transformer.block='skips_only'); model "
                          f"{_field(config, 'model')!r} ignores it here. Set it to 0.0 or use one of those.")
 
 
@@ -219,55 +219,47 @@ def _residual_mlp_bn(config: Any, num_classes: int) -> g.Sequential:
                                 dropout_rate=float(_field(config, "dropout_rate", 0.0)))
 
 
-# The transformer's config fields, their defaults and meaning (flat, like every config field).
-TRANSFORMER_FIELDS = {
-    "depth": (None, "transformer blocks L (attention + MLP each)"),
-    "width": (None, "features of the residual stream (d_model)"),
-    "num_heads": (4, "attention heads (divide width)"),
-    "mlp_ratio": (4, "MLP hidden units per feature"),
-    "attention": ("espa", "'softmax' | 'espa' | 'uspa' | 'value_skipinit'"),
-    "transformer_block": ("vanilla", "'vanilla' | 'norm_only' | 'skips_only' | 'pre_ln'"),
-    "causal": (1, "1: causal (language model) masking; 0: bidirectional"),
-    "positional": ("none", "'none' | 'learned' positional embedding"),
-    "espa_gamma": (0.005, "E-SPA: final decay rate gamma_L of exp(-gamma |i - j|)"),
-    "uspa_rho": (0.8, "U-SPA: final off-diagonal correlation rho_L"),
-    "value_skip_alpha": (1.0, "Value-SkipInit: initial alpha (identity weight)"),
-    "value_skip_beta": (0.0, "Value-SkipInit: initial beta (attention weight)"),
-    "shortcut_weight": (0.0, "transformer_block='skips_only': shortcut weight w in (0, 1)"),
-    "spa_rescale": ("target", "E-SPA/U-SPA location-dependent rescaling: 'target' (the construction's row "
-                              "sums) or 'propagated' (unit q at every position given the kernel predicted "
-                              "through the MLPs; see kernels.sequence.rescale_attention)"),
-}
+# The transformer's own settings live in the config's `transformer` section (configlib.SCHEMA documents
+# them); these are the defaults for configs that leave some out (e.g. plain dicts).
+TRANSFORMER_DEFAULTS = dict(num_heads=4, mlp_ratio=4, attention="espa", block="vanilla", causal=True,
+                            positional="none", espa_gamma=0.005, uspa_rho=0.8, spa_rescale="target",
+                            value_skip_alpha=1.0, value_skip_beta=0.0)
 SPA_RESCALE_MODES = ("target", "propagated")
+
+
+def transformer_settings(config: Any) -> dict[str, Any]:
+    """The config's ``transformer`` section over the defaults (unknown keys are an error)."""
+    section = _section(config, "transformer")
+    unknown = set(section) - set(TRANSFORMER_DEFAULTS)
+    if unknown:
+        raise ValueError(f"config.transformer has no fields {sorted(unknown)}; valid: "
+                         f"{', '.join(TRANSFORMER_DEFAULTS)}.")
+    return {**TRANSFORMER_DEFAULTS, **section}
 
 
 @register_model("transformer", inputs="tokens")
 def _transformer(config: Any, num_classes: int) -> g.Sequential:
-    get = lambda key: _field(config, key, TRANSFORMER_FIELDS[key][0])
-    depth, width = get("depth"), get("width")
+    t = transformer_settings(config)
+    depth, width = _field(config, "depth"), _field(config, "width")
     for key, value in (("depth", depth), ("width", width)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"config.{key} must be a positive integer for model 'transformer', got "
                              f"{value!r}.")
-    block = get("transformer_block")
-    attention = get("attention")
-    for key, value, valid in (("transformer_block", block, layouts.TRANSFORMER_BLOCKS),
-                              ("attention", attention, layouts.TRANSFORMER_ATTENTION),
-                              ("positional", get("positional"), g.POSITIONAL_MODES)):
-        if value not in valid:
-            raise ValueError(f"config.{key}={value!r} is invalid for model 'transformer'; valid: "
-                             f"{', '.join(valid)}.")
-    heads, ratio = get("num_heads"), get("mlp_ratio")
+    block, attention = t["block"], t["attention"]
+    for key, valid in (("block", layouts.TRANSFORMER_BLOCKS), ("attention", layouts.TRANSFORMER_ATTENTION),
+                       ("positional", g.POSITIONAL_MODES), ("spa_rescale", SPA_RESCALE_MODES)):
+        if t[key] not in valid:
+            raise ValueError(f"config.transformer.{key}={t[key]!r} is invalid; valid: {', '.join(valid)}.")
+    heads, ratio = t["num_heads"], t["mlp_ratio"]
     for key, value in (("num_heads", heads), ("mlp_ratio", ratio)):
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"config.{key} must be a positive integer for model 'transformer', got "
-                             f"{value!r}.")
+            raise ValueError(f"config.transformer.{key} must be a positive integer, got {value!r}.")
     if width % heads:
-        raise ValueError(f"config.width={width} is not divisible by config.num_heads={heads}.")
-    w = get("shortcut_weight")
+        raise ValueError(f"config.width={width} is not divisible by config.transformer.num_heads={heads}.")
+    w = _field(config, "shortcut_weight", 0.0)
     if block == "skips_only":
         if not isinstance(w, (int, float)) or not 0.0 < w < 1.0:
-            raise ValueError(f"config.shortcut_weight={w!r} is invalid for transformer_block='skips_only': "
+            raise ValueError(f"config.shortcut_weight={w!r} is invalid for transformer.block='skips_only': "
                              "it must lie strictly between 0 and 1.")
         shortcut = float(w)
     else:
@@ -275,25 +267,20 @@ def _transformer(config: Any, num_classes: int) -> g.Sequential:
         shortcut = None
     method = _field(config, "method")
     if block == "pre_ln" and method not in ("untransformed", "EOC"):
-        raise ValueError(f"config.method={method!r} is invalid for transformer_block='pre_ln': its plain "
+        raise ValueError(f"config.method={method!r} is invalid for transformer.block='pre_ln': its plain "
                          "shortcut sums have no kernel map to transform for; valid: 'untransformed', 'EOC'.")
-    gamma, rho = float(get("espa_gamma")), float(get("uspa_rho"))
+    gamma, rho = float(t["espa_gamma"]), float(t["uspa_rho"])
     if attention == "espa" and not gamma > 0:
-        raise ValueError(f"config.espa_gamma={gamma} is invalid: it must be > 0.")
+        raise ValueError(f"config.transformer.espa_gamma={gamma} is invalid: it must be > 0.")
     if attention == "uspa" and not 0.0 < rho < 1.0:
-        raise ValueError(f"config.uspa_rho={rho} is invalid: it must lie strictly between 0 and 1.")
-    if get("spa_rescale") not in SPA_RESCALE_MODES:
-        raise ValueError(f"config.spa_rescale={get('spa_rescale')!r} is invalid; valid: "
-                         f"{', '.join(SPA_RESCALE_MODES)}.")
-    causal = get("causal")
-    if causal not in (0, 1, True, False):
-        raise ValueError(f"config.causal={causal!r} is invalid; valid: 0, 1.")
+        raise ValueError(f"config.transformer.uspa_rho={rho} is invalid: it must lie strictly between 0 "
+                         "and 1.")
+    if not isinstance(t["causal"], bool):
+        raise ValueError(f"config.transformer.causal={t['causal']!r} must be a boolean.")
     return layouts.transformer(
         depth, width, num_classes, num_heads=heads, mlp_ratio=ratio, attention=attention, block=block,
-        causal=bool(causal), shortcut_weight=shortcut, espa_gamma=gamma, uspa_rho=rho,
-        value_skip=(float(get("value_skip_alpha")),
-                    float(get("value_skip_beta"))),
-        positional=get("positional"))
+        causal=t["causal"], shortcut_weight=shortcut, espa_gamma=gamma, uspa_rho=rho,
+        value_skip=(float(t["value_skip_alpha"]), float(t["value_skip_beta"])), positional=t["positional"])
 
 
 def model_spec(config: Any, num_classes: int) -> g.Sequential:
@@ -486,7 +473,7 @@ def build_model(config: Any, num_classes: int, input_shape: tuple[int, ...] | li
     spec = model_spec(config, num_classes)
     init = resolve_init(config)
     activation = solve_activation(config, spec)
-    if inputs == "tokens" and _field(config, "spa_rescale", "target") == "propagated":
+    if inputs == "tokens" and transformer_settings(config)["spa_rescale"] == "propagated":
         # Attention is the identity in the scalar graph the activation was solved on, so rescaling it
         # afterwards leaves the activation's targets unchanged.
         spec = sequence_lib.rescale_attention(spec, *activation.sequence_maps(), seq_len=input_shape[0])
