@@ -120,7 +120,11 @@ def test_dks_conditions_hold_when_remeasured(name):
     assert act.input_scale > 0
 
 
-@pytest.mark.parametrize("name", SMOOTH)
+# SELU's slope jumps at 0 (1.7581 to 1.0507): its C''(1) is infinite, so TAT refuses it.
+TAT_SMOOTH = [n for n in SMOOTH if n != "selu"]
+
+
+@pytest.mark.parametrize("name", TAT_SMOOTH)
 def test_tat_smooth_conditions_hold_when_remeasured(name):
     act = dks_jax.transform(name, "TAT", network=NET)
     k = dict(act.local_targets)["c_curv_1"]
