@@ -191,10 +191,14 @@ def _resolve_jax_name(name: str, check: bool = True) -> ActivationFn | None:
     with jax.enable_x64(True):
         try:
             whole = np.asarray(fn(jnp.asarray(probe)))
-            each = np.asarray(jax.vmap(fn)(jnp.asarray(probe)))
         except Exception as err:  # JAX raises many kinds here (missing arguments, shape errors, ...)
             raise ActivationError(f"{spelled!r} cannot be used as an activation: calling it on one "
                                   f"array failed ({type(err).__name__}: {err}).") from err
+        try:
+            each = np.asarray(jax.vmap(fn)(jnp.asarray(probe)))  # fn applied to each scalar
+        except Exception as err:
+            raise ActivationError(f"{spelled!r} is not an elementwise function: it cannot be applied "
+                                  f"to a single number ({type(err).__name__}: {err}).") from err
     if whole.shape != probe.shape or not np.allclose(whole, each, rtol=1e-12, atol=1e-12,
                                                      equal_nan=True):
         raise ActivationError(f"{spelled!r} is not an elementwise function: on a vector of "

@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special as sps
 from jax.extend import core as jex_core
 
 from dks_jax import activations
@@ -32,15 +31,22 @@ log = logging.getLogger(__name__)
 
 TowerFn = Callable[..., tuple[np.ndarray, ...]]
 
+def _logistic(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+# scipy.special costs ~0.1 s to import, so its functions are looked up when a program needs them.
+_SCIPY_SPECIAL = {"erf": "erf", "erfc": "erfc", "erf_inv": "erfinv", "lgamma": "gammaln",
+                  "digamma": "digamma", "bessel_i0e": "i0e", "bessel_i1e": "i1e"}
+
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "exp2": np.exp2, "log": np.log, "log1p": np.log1p,
-    "expm1": np.expm1, "tanh": np.tanh, "logistic": sps.expit, "sin": np.sin, "cos": np.cos,
+    "expm1": np.expm1, "tanh": np.tanh, "logistic": _logistic, "sin": np.sin, "cos": np.cos,
     "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh,
     "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1.0 / np.sqrt(x), "cbrt": np.cbrt, "abs": np.abs, "sign": np.sign,
-    "floor": np.floor, "ceil": np.ceil, "erf": sps.erf, "erfc": sps.erfc, "erf_inv": sps.erfinv,
-    "lgamma": sps.gammaln, "digamma": sps.digamma, "bessel_i0e": sps.i0e, "bessel_i1e": sps.i1e,
-    "square": np.square, "not": np.logical_not, "is_finite": np.isfinite, "real": np.real,
+    "floor": np.floor, "ceil": np.ceil, "square": np.square, "not": np.logical_not, "is_finite": np.isfinite, "real": np.real,
     "copy": lambda x: x, "copy_p": lambda x: x, "stop_gradient": lambda x: x,
     "optimization_barrier": lambda x: x, "reduce_precision": lambda x: x,
 }
@@ -67,56 +73,108 @@ def _round(x: np.ndarray, rounding_method) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def _eval_jaxpr(jaxpr, consts: Sequence, args: Sequence) -> list:
-    """Runs a jaxpr of elementwise primitives with NumPy (float64 throughout)."""
+def _flatten(jaxpr, consts: Sequence, in_slots: list, steps: list, slots: list) -> list:
+    """Appends the jaxpr's equations to ``steps`` as (function, argument slots, output slots).
+
+    A slot is an index into the value list built when the program runs; literals and constants get
+    slots filled up front. Calls (``pjit``, ``custom_jvp_call``, ...) are inlined; ``mul x 1.0`` and
+    identities (scalar reshapes, ``copy``) become aliases, which removes most of what nested
+    ``jvp`` adds.
+
+    Raises:
+      UnsupportedPrimitive: For a primitive that is not an elementwise operation we know.
+    """
     env: dict = {}
 
-    def read(v):
-        return v.val if isinstance(v, jex_core.Literal) else env[v]
+    def slot_of(v):
+        if isinstance(v, jex_core.Literal):
+            slots.append(np.asarray(v.val))
+            return len(slots) - 1
+        return env[v]
+
+    def const(value) -> int:
+        slots.append(value)
+        return len(slots) - 1
 
     for var, val in zip(jaxpr.constvars, consts):
-        env[var] = np.asarray(val)
-    for var, val in zip(jaxpr.invars, args):
-        env[var] = val
+        env[var] = const(np.asarray(val))
+    for var, slot in zip(jaxpr.invars, in_slots):
+        env[var] = slot
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        ins = [read(v) for v in eqn.invars]
-        if name in _UNARY:
-            out = _UNARY[name](ins[0])
+        args = [slot_of(v) for v in eqn.invars]
+        literal_one = [isinstance(v, jex_core.Literal) and np.ndim(v.val) == 0 and v.val == 1
+                       for v in eqn.invars]
+        fn = None
+        if name in _SCIPY_SPECIAL:
+            import scipy.special  # local: see _SCIPY_SPECIAL
+
+            fn = getattr(scipy.special, _SCIPY_SPECIAL[name])
+        elif name in _UNARY:
+            fn = _UNARY[name]
+            if name in ("copy", "copy_p", "stop_gradient", "optimization_barrier",
+                        "reduce_precision"):
+                env[eqn.outvars[0]] = args[0]
+                continue
         elif name in _BINARY:
-            out = _BINARY[name](ins[0], ins[1])
+            if name == "mul" and any(literal_one):
+                env[eqn.outvars[0]] = args[1] if literal_one[0] else args[0]
+                continue
+            fn = _BINARY[name]
         elif name == "integer_pow":
-            out = np.power(ins[0], eqn.params["y"])
+            y = eqn.params["y"]
+            fn = lambda x, y=y: np.power(x, y)
         elif name == "select_n":
-            pred, cases = ins[0], ins[1:]
-            out = (np.where(pred, cases[1], cases[0]) if len(cases) == 2
-                   else np.choose(np.asarray(pred, np.int64), np.broadcast_arrays(*cases)))
+            fn = (lambda p, a, b: np.where(p, b, a)) if len(args) == 3 else \
+                (lambda p, *cases: np.choose(np.asarray(p, np.int64), np.broadcast_arrays(*cases)))
         elif name == "clamp":
-            out = np.clip(ins[1], ins[0], ins[2])
+            fn = lambda lo, x, hi: np.clip(x, lo, hi)
         elif name == "round":
-            out = _round(ins[0], eqn.params.get("rounding_method", 0))
+            method = eqn.params.get("rounding_method", 0)
+            fn = lambda x, m=method: _round(x, m)
         elif name == "convert_element_type":
-            out = np.asarray(ins[0]).astype(np.dtype(eqn.params["new_dtype"]))
+            dtype = np.dtype(eqn.params["new_dtype"])
+            if dtype == np.float64 and eqn.invars[0].aval.dtype == np.float64:
+                env[eqn.outvars[0]] = args[0]
+                continue
+            fn = lambda x, d=dtype: np.asarray(x).astype(d)
         elif name in _SCALAR_SHAPE_OPS:
             if eqn.outvars[0].aval.shape != ():
                 raise UnsupportedPrimitive(f"{name} to shape {eqn.outvars[0].aval.shape}")
-            out = ins[0]
+            env[eqn.outvars[0]] = args[0]
+            continue
         else:
             sub = next((eqn.params[k] for k in _CALL_PARAMS if k in eqn.params), None)
             if sub is None:
                 raise UnsupportedPrimitive(name)
-            if isinstance(sub, jex_core.ClosedJaxpr):
-                out = _eval_jaxpr(sub.jaxpr, sub.consts, ins)
-            else:
-                out = _eval_jaxpr(sub, (), ins)
-            if name.startswith("custom_vjp"):  # the primal function only takes the primal inputs
-                out = out[:len(eqn.outvars)]
-        if eqn.primitive.multiple_results:
-            for var, val in zip(eqn.outvars, out):
-                env[var] = val
-        else:
-            env[eqn.outvars[0]] = out
-    return [read(v) for v in jaxpr.outvars]
+            inner, inner_consts = (sub.jaxpr, sub.consts) if isinstance(sub, jex_core.ClosedJaxpr) \
+                else (sub, ())
+            outs = _flatten(inner, inner_consts, args[:len(inner.invars)], steps, slots)
+            for var, slot in zip(eqn.outvars, outs):
+                env[var] = slot
+            continue
+        slots.append(None)
+        out = len(slots) - 1
+        steps.append((fn, tuple(args), out))
+        env[eqn.outvars[0]] = out
+    return [slot_of(v) for v in jaxpr.outvars]
+
+
+class _Program:
+    """A flattened jaxpr of elementwise primitives, run with NumPy."""
+
+    def __init__(self, closed):
+        self.slots: list = [None] * len(closed.jaxpr.invars)
+        self.steps: list = []
+        self.outs = _flatten(closed.jaxpr, closed.consts, list(range(len(self.slots))), self.steps,
+                             self.slots)
+
+    def __call__(self, *args) -> list:
+        values = list(self.slots)
+        values[:len(args)] = args
+        for fn, ins, out in self.steps:
+            values[out] = fn(*[values[i] for i in ins])
+        return [values[i] for i in self.outs]
 
 
 def _tower_fn(fn: Callable, order: int, num_shape: int) -> Callable:
@@ -150,6 +208,7 @@ class Tower:
         fn = lambda x, *shape: spec.fn(x, **dict(zip(names, shape)))
         self._fn = _tower_fn(fn, order, len(names))
         self._num_shape = len(names)
+        self._default_shape = tuple(np.float64(v) for v in spec.shape_params.values())
         self._compiled = None
         with jax.enable_x64(True):
             # Abstract float64 scalars: a concrete jnp.float64(...) would run (and compile) a conversion.
@@ -167,22 +226,23 @@ class Tower:
                     f"Activation {spec.name!r} is not elementwise: on a scalar input it returned shape "
                     f"{var.aval.shape}.")
         self._jaxpr = closed
-        self.interpreted = True
+        try:
+            self._program = _Program(closed)
+        except UnsupportedPrimitive as err:
+            log.info("Activation %r uses %s: evaluating its derivatives with a compiled JAX program "
+                     "instead of NumPy.", spec.name, err)
+            self._program = None
+        self.interpreted = self._program is not None
 
     def __call__(self, x, shape: Sequence[float] = ()) -> tuple[np.ndarray, ...]:
         x = np.asarray(x, np.float64)
-        shape = tuple(np.float64(v) for v in shape) or tuple(
-            np.float64(v) for v in self.spec.shape_params.values())
-        if self.interpreted:
-            try:
-                with np.errstate(all="ignore"):
-                    outs = _eval_jaxpr(self._jaxpr.jaxpr, self._jaxpr.consts, (x,) + shape)
-                return tuple(np.broadcast_to(np.asarray(o, np.float64), x.shape) for o in outs)
-            except UnsupportedPrimitive as err:
-                log.info("Activation %r uses %s: evaluating its derivatives with a compiled JAX "
-                         "program instead of NumPy.", self.spec.name, err)
-                self.interpreted = False
-        return self._call_compiled(x, shape)
+        shape = tuple(shape) if len(shape) else self._default_shape
+        if self._program is None:
+            return self._call_compiled(x, shape)
+        with np.errstate(all="ignore"):
+            outs = self._program(x, *shape)
+        return tuple(o if isinstance(o, np.ndarray) and o.shape == x.shape
+                     else np.broadcast_to(np.asarray(o, np.float64), x.shape) for o in outs)
 
     def _call_compiled(self, x: np.ndarray, shape: tuple) -> tuple[np.ndarray, ...]:
         with jax.enable_x64(True):

@@ -235,10 +235,9 @@ class CMapInterpolant:
     @staticmethod
     def coefficients(values: np.ndarray) -> np.ndarray:
         """Chebyshev coefficients of the interpolant through values at ``nodes(len(values))``."""
-        import scipy.fft  # local: only needed when an interpolant is built
-
         n = values.size - 1
-        coeffs = scipy.fft.dct(values, type=1) / n
+        # DCT-I through the FFT of the even extension: sum'' f_j cos(pi j k / n), doubled.
+        coeffs = np.fft.rfft(np.concatenate([values, values[-2:0:-1]])).real / n
         coeffs[[0, -1]] *= 0.5
         return coeffs
 

@@ -654,32 +654,42 @@ def _eoc_gap(tower: evaluate.Tower, shape: tuple[float, ...], knots: np.ndarray,
 @functools.lru_cache(maxsize=256)
 def _eoc_input_scale(spec: activations.ActivationSpec) -> float:
     """``sqrt(q*)`` of the EOC fixed point with zero biases (see the module docstring)."""
-    import scipy.optimize  # local: only EOC of non-homogeneous activations needs it
-
     shape = tuple(spec.shape_params.values())
     tower = evaluate.tower(spec, 1)
     knots = np.asarray(kinks.kink_profile(spec).kinks, np.float64)
-    # Scan q* = a^2 over [1e-6, 1e4] for a sign change of the gap from + (chi < 1) to - (chi > 1).
+    gap = lambda scales: _eoc_gap(tower, shape, knots, np.asarray(scales, np.float64))
+    # Scan q* = a^2 over [1e-6, 1e4] for the first sign change of the gap (chi = 1 in between).
     scales = np.logspace(-3.0, 2.0, 101)
     with np.errstate(all="ignore"):
-        gap = _eoc_gap(tower, shape, knots, scales)
-    crossings = [i for i in range(scales.size - 1)
-                 if np.isfinite(gap[i]) and np.isfinite(gap[i + 1]) and gap[i] > 0.0 >= gap[i + 1]]
-    if not crossings:
-        small = gap[0]
-        if np.isfinite(small) and abs(small) < 1e-4:
-            reason = (f"chi = sigma_w^2 E[phi'(sqrt(q) z)^2] reaches 1 only as q* -> 0 (sigma_w = "
-                      f"1 / |phi'(0)|), where the network is linear and every input correlation is kept")
-        elif np.all(gap[np.isfinite(gap)] > 0):
+        values = gap(scales)
+    finite = np.isfinite(values)
+    if np.all(finite) and np.max(np.abs(values)) < 1e-10:
+        return 1.0  # chi = 1 at every fixed point (a linear function): any q works, take q* = 1
+    change = [i for i in range(scales.size - 1) if finite[i] and finite[i + 1]
+              and values[i] * values[i + 1] <= 0.0 and values[i] != 0.0]
+    if not change:
+        if finite[0] and abs(values[0]) < 1e-4:
+            reason = ("chi = sigma_w^2 E[phi'(sqrt(q*) z)^2] > 1 at every fixed point q* > 0 and tends "
+                      "to 1 only as q* -> 0 (sigma_w = 1 / |phi'(0)|), where the network is linear")
+        elif np.all(values[finite] > 0):
             reason = "chi < 1 at every fixed point q* in [1e-6, 1e4] (the network is always ordered)"
         else:
             reason = "chi > 1 at every fixed point q* in [1e-6, 1e4] (the network is always chaotic)"
         raise SolverError(
             f"EOC does not apply to {spec.name!r} in a network with zero biases: {reason}. Use DKS "
             "or TAT, or 'untransformed'.")
-    i = crossings[0]
-    fn = lambda a: float(_eoc_gap(tower, shape, knots, np.array([a]))[0])
-    return float(scipy.optimize.brentq(fn, scales[i], scales[i + 1], xtol=1e-15, rtol=4e-16))
+    lo, hi = scales[change[0]], scales[change[0] + 1]
+    g_lo = values[change[0]]
+    for _ in range(200):  # bisection to rounding error (no scipy.optimize import for this)
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        g_mid = gap([mid])[0]
+        if (g_mid > 0) == (g_lo > 0):
+            lo, g_lo = mid, g_mid
+        else:
+            hi = mid
+    return float(0.5 * (lo + hi))
 
 
 def eoc_transform(name: str) -> TransformedActivation:
