@@ -448,6 +448,11 @@ class _Search:
         problem = self.problem
         tried = len(self.attempts)
         rejected = sum(a.rejected for a in self.attempts)
+        hint = ""
+        if "input_scale" in problem.free and _is_homogeneous(problem.spec):
+            hint = (f" {problem.spec.name!r} is positively homogeneous (phi(2 x) = 2 phi(x)): its input "
+                    "scale is redundant with the output scale, so Q'(1) and C'(1) cannot both be set. "
+                    "Register it with positive_homogeneous=True to solve for C'(1) alone, as for ReLU.")
         return SolverError(
             f"The solver did not converge for activation {problem.spec.name!r} (conditions "
             f"{dict(zip(problem.conditions, problem.targets))}) from any of {tried} starting points"
@@ -455,7 +460,14 @@ class _Search:
                if rejected else "")
             + ". The targets may be unachievable for this activation (the conditions can even be "
             "inconsistent: 'square' has Q'(1) = C'(1) whenever C(0) = 0); try a different zeta/tau, "
-            "or another activation.")
+            "or another activation." + hint)
+
+
+def _is_homogeneous(spec: activations.ActivationSpec) -> bool:
+    x = np.linspace(-5.0, 5.0, 101)
+    tower = evaluate.tower(spec, 0)
+    one, two = tower(x)[0], tower(2.0 * x)[0]
+    return bool(np.max(np.abs(two - 2.0 * one)) <= 1e-12 * (1.0 + np.max(np.abs(two))))
 
 
 @functools.lru_cache(maxsize=4096)
