@@ -462,3 +462,57 @@ def test_user_homogeneous_function_explains_why_dks_fails():
         assert _measure(act)["c_slope_1"] == pytest.approx(1.5 ** (1 / 20), abs=1e-7)
     finally:
         dks_jax.unregister_activation(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional on-disk cache.
+
+
+def test_disk_cache_round_trip_keys_and_switch(tmp_path, monkeypatch):
+    from dks_jax.transforms import disk_cache
+
+    monkeypatch.setenv("DKS_JAX_CACHE", "on")
+    monkeypatch.setenv("DKS_JAX_CACHE_DIR", str(tmp_path))
+    net = layouts.plain_stack(30)
+    first = dks_jax.transform("softplus", "TAT", network=net)
+    entries = list(tmp_path.rglob("*.json"))
+    assert len(entries) == 1
+    # A new process would read it: forget everything in memory, solve again, same bits, no new entry.
+    solver.clear_caches()
+    calls = []
+    monkeypatch.setattr(solver, "_solve_local", lambda *a: calls.append(a))
+    assert dks_jax.transform("softplus", "TAT", network=net) == first and not calls
+    # Other targets, the other root convention, or another definition under the same name: new keys.
+    monkeypatch.undo()
+    monkeypatch.setenv("DKS_JAX_CACHE", "on")
+    monkeypatch.setenv("DKS_JAX_CACHE_DIR", str(tmp_path))
+    dks_jax.transform("softplus", "TAT", network=layouts.plain_stack(31))
+    dks_jax.get_activation_params(["softplus"], "TAT", subnet_max_func=g.subnet_max_func(net))
+    name = "test_cached_act"
+    for fn in (lambda x: jnp.tanh(x) + 0.1 * x, lambda x: jnp.tanh(x) + 0.2 * x):
+        dks_jax.register_activation(name, fn, kinks=(), overwrite=True)
+        dks_jax.transform(name, "DKS", network=net)
+    dks_jax.unregister_activation(name)
+    assert len(list(tmp_path.rglob("*.json"))) == 5
+    # A corrupt entry is ignored (solved again and rewritten); DKS_JAX_CACHE=off writes nothing.
+    entries[0].write_text("{not json")
+    solver.clear_caches()
+    assert dks_jax.transform("softplus", "TAT", network=net) == first
+    monkeypatch.setenv("DKS_JAX_CACHE", "off")
+    solver.clear_caches()
+    dks_jax.transform("softplus", "TAT", network=layouts.plain_stack(32))
+    assert len(list(tmp_path.rglob("*.json"))) == 5
+
+
+@pytest.mark.slow
+def test_disk_cache_is_safe_for_concurrent_processes(tmp_path):
+    code = ("import dks_jax; from dks_jax.kernels import layouts;"
+            "print(dks_jax.transform('gelu', 'TAT', network=layouts.plain_stack(40)).as_dict())")
+    env = dict(__import__("os").environ, DKS_JAX_CACHE="on", DKS_JAX_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    outs = {p.communicate()[0] for p in procs}
+    assert len(outs) == 1 and all(p.returncode == 0 for p in procs)
+    assert len(list(tmp_path.rglob("*.json"))) == 1 and not list(tmp_path.rglob(".tmp-*"))
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert again.stdout in outs

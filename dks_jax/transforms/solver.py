@@ -67,6 +67,7 @@ from dks_jax import activations
 from dks_jax.kernels import evaluate, kinks
 from dks_jax.kernels import graph as graph_lib
 from dks_jax.kernels import local_maps, quadrature
+from dks_jax.transforms import disk_cache
 from dks_jax.transforms.activation import TransformedActivation
 
 log = logging.getLogger(__name__)
@@ -560,9 +561,11 @@ def _make(spec: activations.ActivationSpec, method: str, theta: Sequence[float],
         local_targets=tuple(local_targets.items()), param_keys=keys)
 
 
-def _check_usable(spec: activations.ActivationSpec, method: str) -> kinks.KinkProfile:
-    """Refuses activations the method cannot shape; returns the kink profile."""
-    kinks.check_values(spec, tuple(spec.shape_params.values()), order=2 if method == "TAT" else 1)
+def _check_usable(spec: activations.ActivationSpec, method: str, values: bool = True
+                  ) -> kinks.KinkProfile:
+    """Refuses activations the method cannot shape (``values``: also NaN/constant); returns the kinks."""
+    if values:
+        kinks.check_values(spec, tuple(spec.shape_params.values()), order=2 if method == "TAT" else 1)
     profile = kinks.kink_profile(spec)
     if profile.order == 0:
         raise SolverError(f"{method} cannot shape {spec.name!r}: {profile.describe(spec.name)}, so "
@@ -575,6 +578,29 @@ def _check_usable(spec: activations.ActivationSpec, method: str) -> kinks.KinkPr
             "scale or shift makes it finite. Use DKS, TAT with 'leaky_relu' (which targets C(0) "
             "instead), or an activation whose slope is continuous (e.g. 'elu', 'softplus').")
     return profile
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(spec: activations.ActivationSpec) -> str:
+    return disk_cache.definition_fingerprint(spec)
+
+
+def _solve(problem: _Problem, method: str, reference_root: bool) -> tuple[float, ...]:
+    """``_solve_local`` behind the usability checks and the optional on-disk cache."""
+    spec = problem.spec
+    entry = None
+    if disk_cache.enabled():
+        entry = disk_cache.key(_fingerprint(spec), [
+            method, problem.free, problem.fixed_theta, problem.zero_mean, problem.conditions,
+            problem.targets, problem.reject_large_scale, reference_root])
+        hit = disk_cache.load(entry)
+        if hit is not None:
+            return hit
+    _check_usable(spec, method)
+    theta = _solve_local(problem, reference_root)
+    if entry is not None:
+        disk_cache.store(entry, theta, note=f"{spec.name} {method} {dict(zip(problem.conditions, problem.targets))}")
+    return theta
 
 
 def dks_transform(name: str, local_c_slope_1: float, local_q_slope: float = 1.0, *,
@@ -592,7 +618,7 @@ def dks_transform(name: str, local_c_slope_1: float, local_q_slope: float = 1.0,
       The transformed activation.
     """
     spec = activations.get_activation(name)
-    _check_usable(spec, "DKS")
+    _check_usable(spec, "DKS", values=False)
     names = _shape_names(spec)
     fixed = list(_default_theta(spec))
     if spec.positive_homogeneous and not names:
@@ -612,7 +638,7 @@ def dks_transform(name: str, local_c_slope_1: float, local_q_slope: float = 1.0,
         problem = _Problem(spec, ("input_scale", "input_shift"), tuple(fixed), True,
                            ("q_slope", "c_slope_1"), (local_q_slope, local_c_slope_1))
         keys = ("input_scale", "input_shift", "output_shift", "output_scale")
-    theta = _solve_local(problem, reference_root)
+    theta = _solve(problem, "DKS", reference_root)
     if reference_root:
         theta = _reference_copy(spec, theta)
     return _make(spec, "DKS", theta, keys, {"c_slope_1": local_c_slope_1, "q_slope": local_q_slope})
@@ -625,11 +651,11 @@ def tat_smooth_transform(name: str, local_c_curv_1: float, *,
     if is_leaky_family(name):
         raise SolverError(f"TAT for smooth activations does not apply to {name!r} (its C''(1) is "
                           "infinite); use 'leaky_relu' with TAT, which targets C(0) instead.")
-    _check_usable(spec, "TAT")
+    _check_usable(spec, "TAT", values=False)
     problem = _Problem(spec, ("input_scale", "input_shift", "output_shift"), _default_theta(spec),
                        False, ("q_slope", "c_slope_1", "c_curv_1"), (1.0, 1.0, local_c_curv_1),
                        reject_large_scale=True)
-    theta = _solve_local(problem, reference_root)
+    theta = _solve(problem, "TAT", reference_root)
     if reference_root:
         theta = _reference_copy(spec, theta)
     return _make(spec, "TAT", theta, ("input_scale", "input_shift", "output_shift", "output_scale"),
@@ -793,7 +819,7 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
     if subnet_max_func is None and max_curv_func is None:
         raise ValueError("TAT with smooth activations needs the network: pass 'network', "
                          "'subnet_max_func' or 'max_curv_func'.")
-    _check_usable(spec, "TAT")  # before the network-level search: refusals need no network
+    _check_usable(spec, "TAT", values=False)  # before the network-level search: refusals need no network
     k = local_c_curv_target(subnet_max_func, tat.c_curve_target, max_curv_func, search_tol)
     return tat_smooth_transform(name, k, reference_root=reference_root)
 
