@@ -175,7 +175,8 @@ def kink_profile(spec: activations.ActivationSpec) -> KinkProfile:
     return KinkProfile(tuple(kinks), tuple(3 if o is None else o for o in orders))
 
 
-def check_values(spec: activations.ActivationSpec, shape: Sequence[float] = (),
+@functools.lru_cache(maxsize=512)
+def check_values(spec: activations.ActivationSpec, shape: tuple[float, ...] = (),
                  order: int = 1) -> None:
     """Refuses activations that are constant or not finite on the Gaussian's effective support.
 

@@ -169,22 +169,34 @@ def local_c_slope_target(subnet_max: SubnetMaxFunc | None, zeta: float,
                          max_slope_func: Callable[[float], float] | None = None,
                          tol: float = SEARCH_TOL) -> float:
     """DKS: the local C'(1) ``s`` with ``max_f C_f'(1) = M(1, y -> s y) = zeta``."""
+    memo = ("slope", zeta, tol)
+    if max_slope_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     fn = max_slope_func or (lambda s: subnet_max(1.0, lambda y: s * y))
     if fn(4.0) <= fn(1.0) + 1e-12:
         raise SolverError("DKS: the network's maximal C'(1) does not grow with the local slope; it has no "
                           "nonlinear layers, so there is nothing to shape.")
-    return solve_increasing(fn, zeta, 1.1, 1.0, math.inf, tol=tol)
+    s = solve_increasing(fn, zeta, 1.1, 1.0, math.inf, tol=tol)
+    if max_slope_func is None and isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = s
+    return s
 
 
 def local_c_curv_target(subnet_max: SubnetMaxFunc | None, tau: float,
                         max_curv_func: Callable[[float], float] | None = None,
                         tol: float = SEARCH_TOL) -> float:
     """TAT (smooth): the local C''(1) ``k`` with ``max_f C_f''(1) = M(0, y -> k + y) = tau``."""
+    memo = ("curv", tau, tol)
+    if max_curv_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     fn = max_curv_func or (lambda k: subnet_max(0.0, lambda y: k + y))
     if fn(1.0) <= fn(0.0) + 1e-12:
         raise SolverError("TAT: the network's maximal C''(1) does not grow with the local curvature; it "
                           "has no nonlinear layers, so there is nothing to shape.")
-    return solve_increasing(fn, tau, 0.1, 0.0, math.inf, tol=tol)
+    k = solve_increasing(fn, tau, 0.1, 0.0, math.inf, tol=tol)
+    if max_curv_func is None and isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = k
+    return k
 
 
 def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float = SEARCH_TOL) -> float:
@@ -194,6 +206,9 @@ def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float 
       SolverError: If no slope reaches ``eta``: ReLU (a = 0) gives the largest C(0) a Leaky ReLU network
         can have, and a shallow network's may be below ``eta``.
     """
+    memo = ("c0", eta, tol)
+    if isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     c0 = lambda a: subnet_max(0.0, lambda c: local_maps.leaky_relu_c_map(c, a))
     reachable = c0(0.0)
     if not eta < reachable - tol:
@@ -203,7 +218,10 @@ def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float 
             f"reached with ReLU (negative slope 0), is only {reachable:.6f}. Use eta < {reachable:.6f}, or "
             f"a deeper network (a plain Leaky ReLU stack needs at least {plain_depth} nonlinear layers "
             f"for eta = {eta}).")
-    return solve_increasing(lambda a: 1.0 - c0(a), 1.0 - eta, 0.5, 0.0, 1.0, tol=tol)
+    a = solve_increasing(lambda a: 1.0 - c0(a), 1.0 - eta, 0.5, 0.0, 1.0, tol=tol)
+    if isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = a
+    return a
 
 
 def _plain_relu_depth_reaching(eta: float, limit: int = 100000) -> int:
@@ -319,13 +337,17 @@ class _Residual:
         return jac
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class _Attempt:
-    """One starting point's outcome: the polished root (theta) if hybr succeeded, and its verdict."""
+    """One starting point's outcome: the root (theta) if hybr succeeded, and its verdict.
+
+    Rejected roots are polished only when one of them is returned (``_Search.finish``).
+    """
 
     start: tuple[float, ...]
     theta: tuple[float, ...] | None
     rejected: bool = False
+    x: np.ndarray | None = None  # hybr's unpolished solution, for rejected roots
 
 
 def _starting_points(free: Sequence[str]) -> list[tuple[float, ...]]:
@@ -435,15 +457,30 @@ class _Search:
                                maxfev=200 * (len(start) + 1))
             if not success:
                 return _Attempt(start, None)
+            if self.problem.reject_large_scale:
+                # The public package's test is signed, on the root as found (before canonicalization);
+                # hybr's solution is within 1e-8 of the root, plenty for a threshold of 2.
+                theta = self.residual.theta(x)
+                if np.all(np.isfinite(theta)) and theta[0] * theta[3] >= 2.0:
+                    return _Attempt(start, None, rejected=True, x=x)
+            return self._polished(start, x)
+
+    def _polished(self, start: tuple[float, ...], x: np.ndarray, rejected: bool = False) -> _Attempt:
+        with np.errstate(all="ignore"):
             p, r = _polish(self.residual, x)
             if not (np.all(np.isfinite(r)) and np.max(np.abs(r)) < _ROOT_TOL):
                 return _Attempt(start, None)
             theta = self.residual.theta(p)
         if not np.all(np.isfinite(theta)):
             return _Attempt(start, None)
-        # The public package's test is signed, on the root as found (before any canonicalization).
-        rejected = self.problem.reject_large_scale and theta[0] * theta[3] >= 2.0
         return _Attempt(start, tuple(float(v) for v in theta), rejected)
+
+    def finish(self, attempt: _Attempt) -> tuple[float, ...] | None:
+        """The polished theta of an attempt (rejected ones are polished on first use)."""
+        if attempt.theta is None and attempt.x is not None:
+            attempt.theta = self._polished(attempt.start, attempt.x, attempt.rejected).theta
+            attempt.x = None
+        return attempt.theta
 
     def failure(self) -> SolverError:
         problem = self.problem
@@ -482,23 +519,24 @@ def _solve_local(problem: _Problem, reference_root: bool = False) -> tuple[float
     first_rejected = None
     for index in range(_NUM_TRIES):
         if index == search.num_fixed and first_rejected is not None and not reference_root:
-            log.info("All roots found for %r have input_scale * output_scale >= 2; using the first "
-                     "(canonical) one.", problem.spec.name)
-            return _canonical(problem.spec, first_rejected)
+            theta = search.finish(first_rejected)
+            if theta is not None:
+                log.info("All roots found for %r have input_scale * output_scale >= 2; using the "
+                         "first (canonical) one.", problem.spec.name)
+                return _canonical(problem.spec, theta)
         att = search.attempt(index)
-        if att.theta is None:
-            continue
-        if not att.rejected:
+        if att.rejected:
+            first_rejected = first_rejected or att
+        elif att.theta is not None:
             return att.theta if reference_root else _canonical(problem.spec, att.theta)
-        first_rejected = first_rejected or att.theta
     last = search.attempts[-1]
     if reference_root:
         # The public package returns the last root when the last start converged, rejected or not.
-        if last.theta is not None:
+        if search.finish(last) is not None:
             return last.theta
         raise search.failure()
-    if first_rejected is not None:
-        return _canonical(problem.spec, first_rejected)
+    if first_rejected is not None and search.finish(first_rejected) is not None:
+        return _canonical(problem.spec, first_rejected.theta)
     raise search.failure()
 
 
@@ -799,6 +837,9 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
         if subnet_max_func is not None:
             raise ValueError("Pass either 'network' or 'subnet_max_func', not both.")
         subnet_max_func = network_subnet_max(network)
+        if max_slope_func is None and max_curv_func is None:
+            # The network-level search is a pure function of the network and the targets: reuse it.
+            subnet_max_func = _memo_targets(network)
     if method == "DKS":
         if spec.name == "relu":
             log.warning("The use of ReLUs with DKS is highly discouraged; use Leaky ReLU instead.")
@@ -824,6 +865,22 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
     return tat_smooth_transform(name, k, reference_root=reference_root)
 
 
+class _NetworkSearches:
+    """``M`` of one network, remembering which local targets its searches found (a cache by value)."""
+
+    def __init__(self, m: SubnetMaxFunc):
+        self._m = m
+        self.found: dict[tuple, float] = {}
+
+    def __call__(self, x: float, r: ScalarMap) -> float:
+        return self._m(x, r)
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_targets(network: graph_lib.Node) -> _NetworkSearches:
+    return _NetworkSearches(network_subnet_max(network))
+
+
 @functools.lru_cache(maxsize=256)
 def network_subnet_max(network: graph_lib.Node) -> SubnetMaxFunc:
     """``M`` of a layer specification, cached (layer specifications are hashable)."""
@@ -834,4 +891,5 @@ def clear_caches() -> None:
     """Forgets solved parameters (the next call re-solves; used by the benchmark)."""
     _search.cache_clear()
     network_subnet_max.cache_clear()
+    _memo_targets.cache_clear()
     _eoc_input_scale.cache_clear()
