@@ -9,8 +9,9 @@ Examples:
 
 ``--arch=resnet`` (default) is the ResNet-V2-shaped network of the given depth (vanilla unless
 ``--shortcut_weight`` > 0); ``--arch=plain`` and ``--arch=mlp`` are chains of ``depth`` nonlinear layers.
-``--activation`` takes any registered name or a dotted JAX name (``jnp.sinh``, ``jax.nn.silu``).
-``--layers`` adds the C value after every top-level layer.
+``--activation`` takes any registered name or a dotted JAX name (``jnp.sinh``, ``jax.nn.silu``);
+``--register_from=FILE`` runs a Python file first (one that registers activations, see
+docs/activations.md). ``--layers`` adds the C value after every top-level layer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import runpy
 import sys
 import time
 
@@ -58,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", action="store_true",
                         help="also print the C value after every top-level layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--register_from", default="",
+                        help="a Python file to run first, e.g. one that registers activations")
     args = parser.parse_args(argv)
 
     try:
+        if args.register_from:
+            runpy.run_path(args.register_from)
         network = build_network(args.arch, args.depth, args.shortcut_weight)
         start = time.perf_counter()
         act = solver.transform(args.activation, args.method, network=network,
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                tat=solver.TATTargets(args.eta, args.tau))
         seconds = time.perf_counter() - start
         result = summary.network_summary(act, network, layers=args.layers)
-    except ValueError as err:  # bad input, unusable activations, unreachable targets: one clear line
+    except (ValueError, OSError) as err:  # bad input, unusable activations, unreachable targets
         print(f"error: {err}", file=sys.stderr)
         return 2
     result.update(arch=args.arch, depth=args.depth, shortcut_weight=args.shortcut_weight,
