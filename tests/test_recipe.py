@@ -88,4 +88,5 @@ def test_command_line_registers_from_the_file(my_activations):
     out = subprocess.run([sys.executable, "-m", "dks_jax.solve", f"--register_from={my_activations}",
                           "--activation=tanh_plus_linear", "--method=TAT", "--arch=mlp", "--depth=30"],
                          capture_output=True, text=True, check=True)
-    assert "network max C''(1) over subnetworks = 0.3" in out.stdout
+    curv = float(re.search(r"network max C''\(1\) over subnetworks = (\S+)", out.stdout).group(1))
+    assert curv == pytest.approx(0.3, abs=1e-8)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -36,9 +37,29 @@ def _logistic(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-# scipy.special costs ~0.1 s to import, so its functions are looked up when a program needs them.
-_SCIPY_SPECIAL = {"erf": "erf", "erfc": "erfc", "erf_inv": "erfinv", "lgamma": "gammaln",
-                  "digamma": "digamma", "bessel_i0e": "i0e", "bessel_i1e": "i1e"}
+def _libm_or_scipy(scalar: Callable[[float], float], scipy_name: str
+                   ) -> Callable[[np.ndarray], np.ndarray]:
+    """An elementwise special function: the math module's (~1 ulp) on small arrays, SciPy's on big ones.
+
+    ``import scipy.special`` costs 0.1 s (1 s on a loaded machine), more than a whole solve, whose
+    arrays have a few hundred nodes: there a Python-level loop over libm is cheaper. Large arrays
+    (2D quadrature, kink detection) are worth SciPy's vectorized version.
+    """
+    ufunc = np.frompyfunc(scalar, 1, 1)
+
+    def fn(x):
+        x = np.asarray(x, np.float64)
+        if x.size <= 4096:
+            return np.asarray(ufunc(x), np.float64)
+        import scipy.special  # local: see the docstring
+
+        return getattr(scipy.special, scipy_name)(x)
+
+    return fn
+
+
+# The rarer special functions come from scipy.special, imported when a program needs one.
+_SCIPY_SPECIAL = {"erf_inv": "erfinv", "digamma": "digamma", "bessel_i0e": "i0e", "bessel_i1e": "i1e"}
 
 _UNARY = {
     "neg": np.negative, "exp": np.exp, "exp2": np.exp2, "log": np.log, "log1p": np.log1p,
@@ -46,7 +67,8 @@ _UNARY = {
     "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh,
     "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1.0 / np.sqrt(x), "cbrt": np.cbrt, "abs": np.abs, "sign": np.sign,
-    "floor": np.floor, "ceil": np.ceil, "square": np.square, "not": np.logical_not, "is_finite": np.isfinite, "real": np.real,
+    "floor": np.floor, "ceil": np.ceil, "square": np.square, "erf": _libm_or_scipy(math.erf, "erf"),
+    "erfc": _libm_or_scipy(math.erfc, "erfc"), "lgamma": _libm_or_scipy(math.lgamma, "gammaln"), "not": np.logical_not, "is_finite": np.isfinite, "real": np.real,
     "copy": lambda x: x, "copy_p": lambda x: x, "stop_gradient": lambda x: x,
     "optimization_barrier": lambda x: x, "reduce_precision": lambda x: x,
 }
