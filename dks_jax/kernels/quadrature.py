@@ -59,14 +59,22 @@ def _panel_edges(kinks: np.ndarray, rule: QuadratureRule) -> np.ndarray:
     Returns:
       Sorted edges of shape ``(..., num_panels + 1 + k)``.
     """
-    base = np.linspace(-rule.bound, rule.bound, rule.num_panels + 1)
+    base = _base_edges(rule)
     if kinks.shape[-1] == 0:
         return np.broadcast_to(base, kinks.shape[:-1] + base.shape)
     base = np.broadcast_to(base, kinks.shape[:-1] + base.shape)
-    # A NaN/inf kink (for example from a zero input scale) must not poison the sort.
+    # A NaN/inf kink (for example from a zero input scale) must not poison the sort. (np.minimum and
+    # np.maximum rather than np.clip, which costs ~10x more on small arrays.)
     safe = np.where(np.isfinite(kinks), kinks, rule.bound)
-    safe = np.clip(safe, -rule.bound, rule.bound)
+    safe = np.minimum(np.maximum(safe, -rule.bound), rule.bound)
     return np.sort(np.concatenate([base, safe], axis=-1), axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _base_edges(rule: QuadratureRule) -> np.ndarray:
+    edges = np.linspace(-rule.bound, rule.bound, rule.num_panels + 1)
+    edges.setflags(write=False)
+    return edges
 
 
 def gaussian_nodes(kinks: np.ndarray | None = None,
