@@ -48,7 +48,8 @@ t = time.perf_counter(); dks_jax.transform(name, method, network=net); cold = ti
 warm = []
 for _ in range(repeats):
     solver.clear_caches()
-    t = time.perf_counter(); dks_jax.transform(name, method, network=net); warm.append(time.perf_counter() - t)
+    t = time.perf_counter(); dks_jax.transform(name, method, network=net)
+    warm.append(time.perf_counter() - t)
 t = time.perf_counter(); dks_jax.transform(name, method, network=net); cached = time.perf_counter() - t
 print(json.dumps({"import": t1 - t0, "cold": cold, "warm": warm, "cached": cached}))
 """

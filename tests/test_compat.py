@@ -8,8 +8,6 @@ high-precision computation (closed forms in mpmath) that our parameters are the 
 published ones are off by more than the published test's tolerance.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -147,7 +145,8 @@ def _leaky_dks_exact(s, q_slope, start):
 
     With y = z + beta: m = E[L] = a beta + (1 - a)(pdf + beta cdf), E[L^2] = a^2 (1 + beta^2) + (1 - a^2)
     ((1 + beta^2) cdf + beta pdf); by Stein's lemma E[L L' z] = a^2 + (1 - a^2) cdf and E[L' z] =
-    (1 - a) pdf, so Q'(1) = (a^2 + (1 - a^2) cdf - m (1 - a) pdf) / Var and C'(1) = (a^2 + (1 - a^2) cdf) / Var.
+    (1 - a) pdf, so Q'(1) = (a^2 + (1 - a^2) cdf - m (1 - a) pdf) / Var and
+    C'(1) = (a^2 + (1 - a^2) cdf) / Var.
     """
     def parts(a, b):
         m = a * b + (1 - a) * (_pdf(b) + b * _cdf(b))

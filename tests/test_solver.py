@@ -469,8 +469,6 @@ def test_user_homogeneous_function_explains_why_dks_fails():
 
 
 def test_disk_cache_round_trip_keys_and_switch(tmp_path, monkeypatch):
-    from dks_jax.transforms import disk_cache
-
     monkeypatch.setenv("DKS_JAX_CACHE", "on")
     monkeypatch.setenv("DKS_JAX_CACHE_DIR", str(tmp_path))
     net = layouts.plain_stack(30)

@@ -67,8 +67,9 @@ _UNARY = {
     "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan, "sinh": np.sinh,
     "cosh": np.cosh, "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh, "sqrt": np.sqrt,
     "rsqrt": lambda x: 1.0 / np.sqrt(x), "cbrt": np.cbrt, "abs": np.abs, "sign": np.sign,
-    "floor": np.floor, "ceil": np.ceil, "square": np.square, "erf": _libm_or_scipy(math.erf, "erf"),
-    "erfc": _libm_or_scipy(math.erfc, "erfc"), "lgamma": _libm_or_scipy(math.lgamma, "gammaln"), "not": np.logical_not, "is_finite": np.isfinite, "real": np.real,
+    "floor": np.floor, "ceil": np.ceil, "square": np.square, "not": np.logical_not,
+    "is_finite": np.isfinite, "real": np.real, "erf": _libm_or_scipy(math.erf, "erf"),
+    "erfc": _libm_or_scipy(math.erfc, "erfc"), "lgamma": _libm_or_scipy(math.lgamma, "gammaln"),
     "copy": lambda x: x, "copy_p": lambda x: x, "stop_gradient": lambda x: x,
     "optimization_barrier": lambda x: x, "reduce_precision": lambda x: x,
 }

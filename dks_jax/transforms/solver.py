@@ -637,7 +637,8 @@ def _solve(problem: _Problem, method: str, reference_root: bool) -> tuple[float,
     _check_usable(spec, method)
     theta = _solve_local(problem, reference_root)
     if entry is not None:
-        disk_cache.store(entry, theta, note=f"{spec.name} {method} {dict(zip(problem.conditions, problem.targets))}")
+        targets = dict(zip(problem.conditions, problem.targets))
+        disk_cache.store(entry, theta, note=f"{spec.name} {method} {targets}")
     return theta
 
 
