@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "mpmath>=1.3",  # high-precision closed forms in tests/test_compat.py
 ]
 
 setuptools.setup(

@@ -4,27 +4,29 @@ Examples:
   python -m dks_jax.solve --method=TAT --activation=leaky_relu --depth=101
   python -m dks_jax.solve --method=DKS --activation=softplus --arch=resnet --depth=101 \
       --shortcut_weight=0.6 --zeta=1.2
-  python -m dks_jax.solve --method=TAT --activation=gelu --arch=plain --depth=50 --tau=0.3
+  python -m dks_jax.solve --method=TAT --activation=gelu --arch=plain --depth=50 --tau=0.3 --layers
+  python -m dks_jax.solve --method=DKS --activation=jax.nn.silu --arch=mlp --depth=30 --json
 
 ``--arch=resnet`` (default) is the ResNet-V2-shaped network of the given depth (vanilla unless
 ``--shortcut_weight`` > 0); ``--arch=plain`` and ``--arch=mlp`` are chains of ``depth`` nonlinear layers.
+``--activation`` takes any registered name or a dotted JAX name (``jnp.sinh``, ``jax.nn.silu``);
+``--register_from=FILE`` runs a Python file first (one that registers activations, see
+docs/activations.md). ``--layers`` adds the C value after every top-level layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import runpy
 import sys
 import time
-
-import numpy as np
 
 from dks_jax import activations
 from dks_jax.kernels import graph as graph_lib
 from dks_jax.kernels import layouts
-from dks_jax.transforms import solver
-
-C_POINTS = (-0.5, 0.0, 0.3, 0.6, 0.9, 1.0)
+from dks_jax.transforms import solver, summary
 
 
 def build_network(arch: str, depth: int, shortcut_weight: float) -> graph_lib.Node:
@@ -38,11 +40,16 @@ def build_network(arch: str, depth: int, shortcut_weight: float) -> graph_lib.No
     raise ValueError(f"--arch must be one of resnet, plain, mlp; got {arch!r}.")
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.10g}" if math.isfinite(value) else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="TAT", choices=solver.METHODS)
     parser.add_argument("--activation", default="leaky_relu",
-                        help="one of: " + ", ".join(activations.list_activations()))
+                        help="one of: " + ", ".join(activations.list_activations())
+                        + "; or a dotted JAX name such as jnp.sinh or jax.nn.silu")
     parser.add_argument("--arch", default="resnet", choices=("resnet", "plain", "mlp"))
     parser.add_argument("--depth", type=int, default=101)
     parser.add_argument("--shortcut_weight", type=float, default=0.0)
@@ -50,31 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--q_slope", type=float, default=1.0, help="DKS local_q_slope_target")
     parser.add_argument("--eta", type=float, default=0.9, help="TAT c_val_0_target (Leaky ReLU)")
     parser.add_argument("--tau", type=float, default=0.3, help="TAT c_curve_target (smooth)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also print the C value after every top-level layer")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--register_from", default="",
+                        help="a Python file to run first, e.g. one that registers activations")
     args = parser.parse_args(argv)
 
     try:
+        if args.register_from:
+            runpy.run_path(args.register_from)
         network = build_network(args.arch, args.depth, args.shortcut_weight)
         start = time.perf_counter()
         act = solver.transform(args.activation, args.method, network=network,
                                dks=solver.DKSTargets(args.zeta, args.q_slope),
                                tat=solver.TATTargets(args.eta, args.tau))
         seconds = time.perf_counter() - start
-    except ValueError as err:  # bad input and unreachable targets: one clear line, non-zero exit
+        result = summary.network_summary(act, network, layers=args.layers)
+    except (ValueError, OSError) as err:  # bad input, unusable activations, unreachable targets
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    c = np.asarray(C_POINTS)
-    net_c = act.network_c_map(network, c)
-    net_c_slope = graph_lib.subnet_max_func(network)(1.0, lambda y: float(act.c_map(1.0, 1)) * y)
-    result = {
-        "activation": args.activation, "method": args.method, "arch": args.arch, "depth": args.depth,
-        "shortcut_weight": args.shortcut_weight,
-        "nonlinear_layers": graph_lib.count_nonlinear_layers(network),
-        "params": act.as_dict(), "local_targets": dict(act.local_targets),
-        "local_maps": act.local_moments(), "network_c_map": dict(zip(map(float, c), map(float, net_c))),
-        "network_max_c_slope_1": float(net_c_slope), "solve_seconds": seconds,
-    }
+    result.update(arch=args.arch, depth=args.depth, shortcut_weight=args.shortcut_weight,
+                  solve_seconds=seconds)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -84,11 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     print("parameters:")
     for key, value in result["params"].items():
         print(f"  {key:14s} {value:.12f}")
-    print("local maps: " + ", ".join(f"{k}={v:.10g}" for k, v in result["local_maps"].items()))
+    print("local maps: " + ", ".join(f"{k}={_fmt(v)}" for k, v in result["local_maps"].items()))
+    if not result["preserves_unit_q"]:
+        print(f"note: Q(1) = {result['local_maps']['q_value']:.6g}, not 1: q changes from layer to layer "
+              "and the maps below are those of a network whose layer inputs are rescaled to unit q.")
     print("network C map:")
     for ci, vi in result["network_c_map"].items():
         print(f"  C_net({ci:+.2f}) = {vi:.10f}")
-    print(f"network max C'(1) over subnetworks = {net_c_slope:.10f}")
+    print(f"network max C'(1) over subnetworks = {_fmt(result['network_max_c_slope_1'])}")
+    print(f"network max C''(1) over subnetworks = {_fmt(result['network_max_c_curv_1'])}")
+    if args.layers:
+        points = list(result["network_c_map"])
+        print("C after each top-level layer, for input c = " + ", ".join(f"{c:+.2f}" for c in points))
+        for row in result["layers"]:
+            print(f"  {row['layer']:40s} " + " ".join(f"{v:.8f}" for v in row["c"]))
     return 0
 
 

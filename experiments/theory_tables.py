@@ -478,7 +478,7 @@ def dks_params(workdir: Path, quick: bool) -> tables.TableResult:
             "Leaky ReLU family solves for its negative slope and input shift with input scale 1. The "
             "solver returns the canonical root with a positive input scale. When the solver reports that "
             "no solution exists, its reason is shown (full messages under the table). Solve times "
-            "include JIT compilation the first time a family's problem is solved in the process.\n"]
+            "are those of the first solve of the family in the process (nothing is compiled).\n"]
     for depth in (50, 101):
         solved, section = _solve_and_remeasure(
             "DKS", depth, names, data, target=("c_slope_1", "target C'(1)"), residual=_dks_residual,
@@ -496,7 +496,8 @@ def dks_params(workdir: Path, quick: bool) -> tables.TableResult:
             "tau`; C(0) is left free, as in the reference implementation. `|alpha| gamma` is "
             "|input_scale| * output_scale: the reference rejects roots with a value >= 2 when another root "
             "exists; where every root found has it >= 2 (sigmoid), the first one is returned. Piecewise-"
-            "linear families are excluded (their C''(1) is infinite: TAT uses C(0) for them).\n"]
+            "linear families are excluded (their C''(1) is infinite: TAT uses C(0) for them); other "
+            "activations whose slope jumps (SELU) are refused for the same reason.\n"]
     for depth in tat_depths:
         solved, section = _solve_and_remeasure(
             "TAT", depth, smooth, data, target=("c_curv_1", "target C''(1)"), residual=_tat_residual,

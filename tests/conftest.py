@@ -23,6 +23,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA warns at every cache hit that it cannot check executable versions (the cache key holds them).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests measure real solves: the optional on-disk cache of solved parameters stays off, for this
+# process and every subprocess a test starts (tests of the cache turn it on in a temporary folder).
+os.environ["DKS_JAX_CACHE"] = "off"
 
 import ml_collections  # noqa: E402  (after the environment above, which JAX reads at import)
 

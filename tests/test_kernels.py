@@ -99,9 +99,9 @@ def test_derivatives_match_finite_differences(name, params):
     for c in (-0.7, 0.0, 0.45):
         fd1 = (act.c_map(c + h) - act.c_map(c - h)) / (2 * h)
         assert float(act.c_map(c, 1)) == pytest.approx(float(fd1), abs=1e-7)
-        if name != "leaky_relu":
-            fd2 = (act.c_map(c + h, 1) - act.c_map(c - h, 1)) / (2 * h)
-            assert float(act.c_map(c, 2)) == pytest.approx(float(fd2), abs=2e-6)
+        # For the shifted Leaky ReLU, C'' is the Dirac delta term of phi'' (see the closed form test).
+        fd2 = (act.c_map(c + h, 1) - act.c_map(c - h, 1)) / (2 * h)
+        assert float(act.c_map(c, 2)) == pytest.approx(float(fd2), abs=2e-6)
     for q in (0.5, 1.0, 2.0):
         fdq = (act.q_map(q + h) - act.q_map(q - h)) / (2 * h)
         assert float(act.q_map(q, 1)) == pytest.approx(float(fdq), rel=1e-7, abs=1e-8)
@@ -140,6 +140,8 @@ def test_local_moments_match_adaptive_quadrature(name, params):
     tol = 1e-7 if act.spec.kinks else 1e-9
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=tol, rel=tol), key
+    if act.spec.piecewise_linear:  # phi' jumps: phi'' is a Dirac delta and C''(1) is infinite
+        assert got["c_curv_1"] == math.inf
 
 
 def test_quadrature_rule_self_convergence():
@@ -249,3 +251,69 @@ def test_pln_input_c_map_matches_normalizing_real_arrays(mode):
     expected = g.pln_input_c_map(g.PerLocationNorm(mode), c, channels)
     assert measured == pytest.approx(expected, abs=1e-6)
     assert (expected == c) == (mode == "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kinks: Dirac deltas in the derivatives, accuracy near |c| = 1, the angle interpolant.
+
+
+def _bivariate_density(x, y, c):
+    return np.exp(-(x * x - 2 * c * x * y + y * y) / (2 * (1 - c * c))) / (2 * np.pi * np.sqrt(1 - c * c))
+
+
+@pytest.mark.parametrize("a,alpha,beta,delta,gamma", [(0.0, 0.6, 1.0, -1.0, 1.7),
+                                                      (0.3, 1.0, 0.3, -0.4, 1.1),
+                                                      (0.5, -1.3, -0.7, 0.2, 0.9)])
+def test_c_map_second_derivative_of_shifted_leaky_relu(a, alpha, beta, delta, gamma):
+    """phi_hat'' = gamma |alpha| (1 - a) delta(x - x0) with x0 = -beta / alpha, so
+    C''(c) = gamma^2 alpha^2 (1 - a)^2 p_c(x0, x0) / Q(1), p_c the bivariate normal density."""
+    act = _act("leaky_relu", alpha=alpha, beta=beta, delta=delta, gamma=gamma, negative_slope=a)
+    leaky = lambda y: y if y >= 0 else a * y
+    x0 = -beta / alpha
+    q1 = _scipy_expectation(lambda z: (gamma * (leaky(alpha * z + beta) + delta)) ** 2, x0)
+    c = np.array([-0.9, -0.3, 0.0, 0.5, 0.99])
+    expected = gamma**2 * alpha**2 * (1 - a) ** 2 * _bivariate_density(x0, x0, c) / q1
+    np.testing.assert_allclose(act.c_map(c, derivative=2), expected, rtol=1e-11)
+    assert act.c_map(1.0, derivative=2) == math.inf
+    assert act.local_moments()["c_curv_1"] == math.inf
+
+
+def test_step_function_maps_include_the_delta_of_its_derivative():
+    """phi = 1[x > t]: C(c) Q(1) = P(u > t, v > t) and C'(c) Q(1) = p_c(t, t), Q(1) = P(z > t)."""
+    import scipy.stats
+
+    t = 0.4
+    spec = activations.ActivationSpec("step", lambda x: jnp.where(x > t, 1.0, 0.0))
+    theta = local_maps.make_theta()
+    q1 = scipy.stats.norm.sf(t)
+    for c in (-0.6, 0.2, 0.7):
+        joint = scipy.stats.multivariate_normal([0, 0], [[1, c], [c, 1]]).cdf([-t, -t])
+        assert float(local_maps.c_map(spec, (), theta, np.array([c]))[0]) == pytest.approx(
+            joint / q1, abs=1e-7)
+        assert float(local_maps.c_map(spec, (), theta, np.array([c]), derivative=1)[0]) == \
+            pytest.approx(_bivariate_density(t, t, c) / q1, rel=1e-10)
+    moments = local_maps.local_moments(spec, (), theta)
+    assert moments.c_slope_1 == math.inf and moments.c_curv_1 == math.inf
+    # E[phi'] = pdf(t): C'(0) = pdf(t)^2 / Q(1).
+    assert moments.c_slope_0 == pytest.approx(scipy.stats.norm.pdf(t) ** 2 / q1, rel=1e-10)
+
+
+@pytest.mark.parametrize("a", [0.0, 0.3])
+def test_c_map_of_kinked_function_near_c_equals_one(a):
+    """Graded panels where the inner integral turns sharply: the closed form to ~1e-13 up to c -> 1."""
+    spec = activations.get_activation("leaky_relu")
+    angles = np.array([1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, np.pi - 1e-2, np.pi - 1e-4])
+    c = np.cos(angles)
+    got = local_maps.c_map(spec, ("negative_slope",), local_maps.make_theta(shape=[a]), c)
+    np.testing.assert_allclose(got, _leaky_closed_form(c, a), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name,params", SHIFTED[:4] + [("selu", dict(alpha=0.3, beta=-0.55,
+                                                                      delta=0.7, gamma=3.2))])
+def test_angle_interpolant_matches_direct_quadrature(name, params):
+    act = _act(name, **params)
+    interpolant = local_maps.CMapInterpolant.build(act.spec, act.theta)
+    c = np.array([-0.999, -0.77, -0.1, 0.05, 0.42, 0.93, 0.9995])
+    np.testing.assert_allclose(interpolant(c), act.c_map(c), rtol=0, atol=1e-12)
+    assert interpolant(1.0) == 1.0
+    assert interpolant.x_nodes.size <= 129  # geometric convergence in the angle, kinks or not

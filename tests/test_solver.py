@@ -14,7 +14,7 @@ import scipy.integrate
 import dks_jax
 from dks_jax import activations
 from dks_jax.kernels import graph as g
-from dks_jax.kernels import layouts, local_maps
+from dks_jax.kernels import kinks, layouts, local_maps
 from dks_jax.transforms import solver
 
 # ../shared/REFERENCE.md: TAT Leaky ReLU, eta = 0.9, vanilla ResNet-shaped nets.
@@ -84,8 +84,9 @@ def _measure(act):
         df = jax.jit(jax.grad(act))
         d2f = jax.jit(jax.grad(jax.grad(act)))
         kink = None
-        if act.spec.kinks:
-            kink = (act.spec.kinks[0] - act.input_shift) / act.input_scale
+        found = kinks.kink_profile(act.spec).kinks  # declared, or detected for user functions
+        if found:
+            kink = (found[0] - act.input_shift) / act.input_scale
         pdf = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
         def e(fn):
@@ -120,7 +121,11 @@ def test_dks_conditions_hold_when_remeasured(name):
     assert act.input_scale > 0
 
 
-@pytest.mark.parametrize("name", SMOOTH)
+# SELU's slope jumps at 0 (1.7581 to 1.0507): its C''(1) is infinite, so TAT refuses it.
+TAT_SMOOTH = [n for n in SMOOTH if n != "selu"]
+
+
+@pytest.mark.parametrize("name", TAT_SMOOTH)
 def test_tat_smooth_conditions_hold_when_remeasured(name):
     act = dks_jax.transform(name, "TAT", network=NET)
     k = dict(act.local_targets)["c_curv_1"]
@@ -210,6 +215,7 @@ def test_jit_and_dtype_preservation(name, method):
     assert act(x).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_results_are_bit_identical_across_processes():
     code = ("import json, dks_jax; from dks_jax.kernels import layouts;"
             "a = dks_jax.transform('gelu', 'TAT', network=layouts.resnet(50, 10));"
@@ -307,3 +313,204 @@ def test_odd_families_get_canonical_nonnegative_shift(name):
         twin = dataclasses.replace(act, input_shift=-act.input_shift, output_shift=-act.output_shift)
         np.testing.assert_allclose(twin.c_map(grid), act.c_map(grid), atol=1e-12)
         np.testing.assert_allclose(twin.q_map([0.5, 1.0, 2.0]), act.q_map([0.5, 1.0, 2.0]), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge of chaos (zero biases): chi = sigma_w^2 E[phi'(sqrt(q*) z)^2] = 1 at the q map's fixed point q*.
+
+
+def test_eoc_of_cos_against_closed_forms_and_monte_carlo():
+    """E[cos(a z)^2] = (1 + e^{-2 a^2}) / 2 and E[sin(a z)^2] = (1 - e^{-2 a^2}) / 2, so the fixed point
+    of q -> s^2 E[cos(sqrt(q) z)^2] with chi = s^2 E[sin(sqrt(q) z)^2] = 1 solves
+    1 + e^{-2q} = q (1 - e^{-2q})."""
+    import scipy.optimize
+
+    q_star = scipy.optimize.brentq(lambda q: 1 + math.exp(-2 * q) - q * (1 - math.exp(-2 * q)), 0.1, 10)
+    sigma_w = math.sqrt(2 / (1 - math.exp(-2 * q_star)))
+    act = dks_jax.transform("cos", "EOC")
+    assert act.input_scale == pytest.approx(math.sqrt(q_star), rel=1e-12)
+    assert act.output_scale == pytest.approx(sigma_w / math.sqrt(q_star), rel=1e-12)
+    assert dict(act.local_targets)["q_star"] == pytest.approx(q_star, rel=1e-12)
+    # In the original coordinates q* is a fixed point of the q map (chi = 1 by construction above).
+    assert sigma_w**2 * (1 + math.exp(-2 * q_star)) / 2 == pytest.approx(q_star, rel=1e-12)
+    # Unit q in, unit q out, and C'(1) = chi = 1, by Monte Carlo on the returned function.
+    z = np.random.default_rng(0).standard_normal(2_000_000)
+    with jax.enable_x64(True):
+        y = np.asarray(act(jnp.asarray(z)))
+        dy = np.asarray(jax.vmap(jax.grad(act))(jnp.asarray(z)))
+    for sample in (y * y, dy * dy):
+        assert np.mean(sample) == pytest.approx(1.0, abs=6 * np.std(sample) / math.sqrt(z.size))
+
+
+def test_eoc_refuses_tanh_whose_only_eoc_point_is_q_to_zero():
+    with pytest.raises(solver.SolverError, match=r"q\* -> 0 \(sigma_w = 1 / \|phi'\(0\)\|\)"):
+        dks_jax.transform("tanh", "EOC")
+    # Independent check: with sigma_w^2 = q / E[tanh(sqrt(q) z)^2] (q a fixed point), chi > 1 for
+    # every q > 0 and chi -> 1 as q -> 0 (sigma_w -> 1).
+    pdf = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    e = lambda f: scipy.integrate.quad(lambda z: f(z) * pdf(z), -12, 12, epsabs=1e-14)[0]
+    chis = []
+    for q in (1e-3, 0.1, 1.0, 10.0):
+        r = math.sqrt(q)
+        sigma2 = q / e(lambda z: math.tanh(r * z) ** 2)
+        chis.append(sigma2 * e(lambda z: (1 - math.tanh(r * z) ** 2) ** 2))
+    assert all(chi > 1 for chi in chis) and chis[0] == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("name,match", [("softplus", "always ordered"), ("square", "always chaotic"),
+                                        ("selu", r"q\* -> 0")])
+def test_eoc_refusals_say_why(name, match):
+    with pytest.raises(solver.SolverError, match=match):
+        dks_jax.transform(name, "EOC")
+
+
+def test_eoc_of_linear_and_sigmoid():
+    lin = dks_jax.transform("linear", "EOC")
+    assert (lin.input_scale, lin.output_scale) == (1.0, pytest.approx(1.0, abs=1e-12))
+    sig = dks_jax.transform("sigmoid", "EOC")  # phi(0) = 1/2: a nontrivial fixed point exists
+    m = _measure(sig)
+    assert m["q_value"] == pytest.approx(1.0, abs=1e-9)
+    assert m["c_slope_1"] == pytest.approx(1.0, abs=1e-9)  # C'(1) = chi at unit q
+
+
+# ---------------------------------------------------------------------------------------------
+# A subnetwork, not the whole network, sets the maximum.
+
+
+def _branchy(w=0.9, deep=10):
+    """x -> w * Act(x) + sqrt(1 - w^2) * Act^deep(x): the deep branch alone is more nonlinear than the
+    whole network, which mostly follows the shallow one."""
+    shallow = g.Sequential((g.Dense(8), g.Act()))
+    branch = g.Sequential(tuple(l for _ in range(deep) for l in (g.Dense(8), g.Act())))
+    return g.Sequential((g.WeightedSum((shallow, branch), (w, math.sqrt(1 - w * w))),
+                         g.Dense(2)))
+
+
+def test_subnetwork_sets_m_for_dks():
+    net = _branchy()
+    act = dks_jax.transform("softplus", "DKS", network=net)
+    s = dict(act.local_targets)["c_slope_1"]
+    assert s == pytest.approx(1.5 ** (1 / 10), abs=1e-9)  # the deep branch's value, not the net's
+    whole = g.propagate(net, 1.0, lambda y: s * y)  # 0.81 s + 0.19 s^10
+    assert whole == pytest.approx(0.81 * s + 0.19 * s**10, rel=1e-12) and whole < 1.2
+    assert g.subnet_max_func(net)(1.0, lambda y: s * y) == pytest.approx(1.5, abs=1e-8)
+    assert _measure(act)["c_slope_1"] == pytest.approx(s, abs=1e-7)
+
+
+def test_subnetwork_sets_m_for_tat():
+    net = _branchy()
+    act = dks_jax.transform("softplus", "TAT", network=net)
+    assert dict(act.local_targets)["c_curv_1"] == pytest.approx(0.3 / 10, abs=1e-9)
+    leaky = dks_jax.transform("leaky_relu", "TAT", network=net, tat=dks_jax.TATTargets(0.5))
+    plain = dks_jax.transform("leaky_relu", "TAT", network=layouts.plain_stack(10),
+                              tat=dks_jax.TATTargets(0.5))
+    assert leaky.as_dict() == plain.as_dict()  # the deep branch is a 10-layer plain stack
+    whole = g.propagate(net, 0.0, lambda c: local_maps.leaky_relu_c_map(c, leaky.shape_params[0][1]))
+    assert whole < 0.5 - 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# sin and cos; families registered by users.
+
+
+@pytest.mark.parametrize("name", ["sin", "cos"])
+@pytest.mark.parametrize("method", ["DKS", "TAT"])
+def test_periodic_families(name, method):
+    net = layouts.plain_stack(20)
+    act = dks_jax.transform(name, method, network=net)
+    assert act.input_scale > 0 and 0.0 <= act.input_shift <= math.pi  # canonical: shift mod 2 pi, twin
+    m = _measure(act)
+    assert m["q_value"] == pytest.approx(1.0, abs=1e-7)
+    assert m["q_slope"] == pytest.approx(1.0, abs=1e-7)
+    key, target = ("c_slope_1", 1.5 ** (1 / 20)) if method == "DKS" else \
+        ("c_curv_1", dict(act.local_targets)["c_curv_1"])
+    assert m[key] == pytest.approx(target, abs=1e-7)
+    compat = dks_jax.get_activation_params([name], method, subnet_max_func=g.subnet_max_func(net))[name]
+    assert 0.0 <= compat["input_shift"] < 2 * math.pi  # the public package's convention
+    import dataclasses
+    twin = dataclasses.replace(act, **compat)
+    grid = np.linspace(-1, 1, 5)
+    np.testing.assert_allclose(twin.c_map(grid), act.c_map(grid), atol=1e-10)
+
+
+def test_user_function_with_a_where_kink_is_detected_and_refused_by_tat_only():
+    name = "test_my_kinked"
+    dks_jax.register_activation(name, lambda x: jnp.where(x > 0, jnp.tanh(x), 0.5 * jnp.tanh(x)))
+    try:
+        net = layouts.plain_stack(20)
+        with pytest.raises(solver.SolverError, match=r"phi' jumps \(a kink\) at x = 0 \(found "
+                                                     r"numerically\).*C''\(1\).*infinite"):
+            dks_jax.transform(name, "TAT", network=net)
+        act = dks_jax.transform(name, "DKS", network=net)  # DKS needs only C'(1): fine
+        m = _measure(act)  # scipy's integrals split at the detected kink
+        assert m["c_slope_1"] == pytest.approx(1.5 ** (1 / 20), abs=1e-7)
+        assert m["q_slope"] == pytest.approx(1.0, abs=1e-7)
+    finally:
+        dks_jax.unregister_activation(name)
+
+
+def test_user_homogeneous_function_explains_why_dks_fails():
+    name = "test_my_leaky"
+    dks_jax.register_activation(name, lambda x: jnp.where(x > 0, x, 0.1 * x))
+    try:
+        with pytest.raises(solver.SolverError, match="positively homogeneous.*positive_homogeneous=True"):
+            dks_jax.transform(name, "DKS", network=layouts.plain_stack(20))
+        dks_jax.register_activation(name, lambda x: jnp.where(x > 0, x, 0.1 * x), overwrite=True,
+                                    positive_homogeneous=True)
+        act = dks_jax.transform(name, "DKS", network=layouts.plain_stack(20))  # ReLU's recipe
+        assert act.input_shift == 1.0
+        assert _measure(act)["c_slope_1"] == pytest.approx(1.5 ** (1 / 20), abs=1e-7)
+    finally:
+        dks_jax.unregister_activation(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional on-disk cache.
+
+
+def test_disk_cache_round_trip_keys_and_switch(tmp_path, monkeypatch):
+    monkeypatch.setenv("DKS_JAX_CACHE", "on")
+    monkeypatch.setenv("DKS_JAX_CACHE_DIR", str(tmp_path))
+    net = layouts.plain_stack(30)
+    first = dks_jax.transform("softplus", "TAT", network=net)
+    entries = list(tmp_path.rglob("*.json"))
+    assert len(entries) == 1
+    # A new process would read it: forget everything in memory, solve again, same bits, no new entry.
+    solver.clear_caches()
+    calls = []
+    monkeypatch.setattr(solver, "_solve_local", lambda *a: calls.append(a))
+    assert dks_jax.transform("softplus", "TAT", network=net) == first and not calls
+    # Other targets, the other root convention, or another definition under the same name: new keys.
+    monkeypatch.undo()
+    monkeypatch.setenv("DKS_JAX_CACHE", "on")
+    monkeypatch.setenv("DKS_JAX_CACHE_DIR", str(tmp_path))
+    dks_jax.transform("softplus", "TAT", network=layouts.plain_stack(31))
+    dks_jax.get_activation_params(["softplus"], "TAT", subnet_max_func=g.subnet_max_func(net))
+    name = "test_cached_act"
+    for fn in (lambda x: jnp.tanh(x) + 0.1 * x, lambda x: jnp.tanh(x) + 0.2 * x):
+        dks_jax.register_activation(name, fn, kinks=(), overwrite=True)
+        dks_jax.transform(name, "DKS", network=net)
+    dks_jax.unregister_activation(name)
+    assert len(list(tmp_path.rglob("*.json"))) == 5
+    # A corrupt entry is ignored (solved again and rewritten); DKS_JAX_CACHE=off writes nothing.
+    entries[0].write_text("{not json")
+    solver.clear_caches()
+    assert dks_jax.transform("softplus", "TAT", network=net) == first
+    monkeypatch.setenv("DKS_JAX_CACHE", "off")
+    solver.clear_caches()
+    dks_jax.transform("softplus", "TAT", network=layouts.plain_stack(32))
+    assert len(list(tmp_path.rglob("*.json"))) == 5
+
+
+@pytest.mark.slow
+def test_disk_cache_is_safe_for_concurrent_processes(tmp_path):
+    code = ("import dks_jax; from dks_jax.kernels import layouts;"
+            "print(dks_jax.transform('gelu', 'TAT', network=layouts.plain_stack(40)).as_dict())")
+    env = dict(__import__("os").environ, DKS_JAX_CACHE="on", DKS_JAX_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(4)]
+    outs = {p.communicate()[0] for p in procs}
+    assert len(outs) == 1 and all(p.returncode == 0 for p in procs)
+    assert len(list(tmp_path.rglob("*.json"))) == 1 and not list(tmp_path.rglob(".tmp-*"))
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert again.stdout in outs

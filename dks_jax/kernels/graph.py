@@ -395,15 +395,84 @@ def subnet_max_func(node: Node) -> Callable[[float, ScalarMap], float]:
       ``M`` as a Python function of a float and a scalar map.
     """
     validate(node)
-    subs = subnetworks(node)
+    programs = [compile_graph(node)] + [compile_graph(sub) for sub in subnetworks(node)]
 
     def m(x: float, r: ScalarMap) -> float:
-        best = propagate(node, x, r)
-        for sub in subs:
-            best = max(best, propagate(sub, x, r))
-        return best
+        return max(program(x, r) for program in programs)
 
     return m
+
+
+def compile_graph(node: Node) -> Callable[[float, ScalarMap], float]:
+    """``propagate(node, x, r)`` as a function of ``(x, r)``, with the layer dispatch done once.
+
+    The solvers' searches run a network's graph dozens of times; walking the dataclass tree (type
+    checks at every layer) each time costs more than the local maps themselves. Errors (batch
+    normalization, unnormalized sums) are raised when the function is called, as ``propagate`` does.
+    """
+    if isinstance(node, Act):
+        return lambda x, r: r(x)
+    if isinstance(node, _IDENTITY_NODES):
+        return lambda x, r: x
+    if isinstance(node, Sequential):
+        steps = [compile_graph(layer) for layer in node.layers
+                 if not isinstance(layer, _IDENTITY_NODES)]
+        if all(isinstance(layer, Act) for layer in node.layers if not isinstance(layer, _IDENTITY_NODES)):
+            depth = len(steps)  # a plain chain: r applied depth times
+
+            def chain(x, r):
+                for _ in range(depth):
+                    x = r(x)
+                return x
+
+            return chain
+
+        def sequence(x, r):
+            for step in steps:
+                x = step(x, r)
+            return x
+
+        return sequence
+    if isinstance(node, (WeightedSum, PreActResidual, BatchNorm)):
+        try:
+            _check_has_kernel_map(node)
+        except KernelGraphError as err:
+            message = str(err)
+
+            def fail(x, r):
+                raise KernelGraphError(message)
+
+            return fail
+    if isinstance(node, WeightedSum):
+        parts = [(w * w, compile_graph(b)) for w, b in zip(node.weights, node.branches)]
+        return lambda x, r: sum(w2 * branch(x, r) for w2, branch in parts)
+    if isinstance(node, PreActResidual):
+        pre, branch = compile_graph(node.pre), compile_graph(node.branch)
+        w2 = node.shortcut_weight**2
+        projection = None if node.projection is None else compile_graph(node.projection)
+
+        def residual(x, r):
+            h = pre(x, r)
+            res = branch(h, r)
+            if w2 == 0.0:
+                return res
+            shortcut = x if projection is None else projection(h, r)
+            return w2 * shortcut + (1.0 - w2) * res
+
+        return residual
+    raise TypeError(f"Unknown layer specification node: {node!r}")
+
+
+def _check_has_kernel_map(node: Node) -> None:
+    if isinstance(node, WeightedSum) and node.weights is None:
+        raise KernelGraphError(f"WeightedSum {node.name!r} is an unnormalized sum: it has no kernel "
+                               "map. Give it weights whose squares sum to 1 to use DKS/TAT.")
+    if isinstance(node, PreActResidual) and node.shortcut_weight is None:
+        raise KernelGraphError(f"PreActResidual {node.name!r} has an unweighted shortcut (standard "
+                               "ResNet): set shortcut_weight in [0, 1] to use DKS/TAT.")
+    if isinstance(node, BatchNorm):
+        raise KernelGraphError("BatchNorm layers have no kernel map: DKS/TAT apply to networks without "
+                               "normalization layers only.")
 
 
 def trace(network: Sequential, x, r: ScalarMap) -> list:

@@ -96,21 +96,17 @@ class TransformedActivation:
         return float(dict(self.shape_params).get("negative_slope", 0.0))
 
     def local_moments(self) -> dict[str, float]:
-        """Q(1), Q'(1), C(0), C'(0), C'(1), C''(1) and E[phi] at unit input q, as floats."""
-        with jax.enable_x64(True):
-            m = local_maps.local_moments(self.spec, self.shape_names, self.theta)
-            out = {k: float(v) for k, v in m._asdict().items()}
-        if self.spec.piecewise_linear:
-            a = self._closed_form_slope()
-            # The second derivative of a kinked function is a Dirac delta: C''(1) is infinite.
-            out["c_curv_1"] = 0.0 if a == 1.0 else float("inf")
-        return out
+        """Q(1), Q'(1), C(0), C'(0), C'(1), C''(1) and E[phi] at unit input q, as floats.
+
+        C''(1) is ``inf`` when ``phi'`` jumps (ReLU family, SELU), C'(1) too when ``phi`` jumps.
+        """
+        m = local_maps.local_moments(self.spec, self.shape_names, self.theta)
+        return {k: float(v) for k, v in m._asdict().items()}
 
     def q_map(self, q: Any, derivative: int = 0) -> np.ndarray:
         """The local Q map (or its slope) at ``q``."""
-        with jax.enable_x64(True):
-            return np.asarray(local_maps.q_map(self.spec, self.shape_names, self.theta,
-                                               np.asarray(q, np.float64), derivative=derivative))
+        return np.asarray(local_maps.q_map(self.spec, self.shape_names, self.theta,
+                                           np.asarray(q, np.float64), derivative=derivative))
 
     def c_map(self, c: Any, derivative: int = 0) -> np.ndarray:
         """The local C map (or its first/second derivative) at ``c``; closed form when one exists."""
@@ -118,18 +114,28 @@ class TransformedActivation:
         slope = self._closed_form_slope()
         if slope is not None:
             return np.asarray(local_maps.leaky_relu_c_map(c, slope, derivative))
-        with jax.enable_x64(True):
-            return np.asarray(local_maps.c_map(self.spec, self.shape_names, self.theta, c,
-                                               derivative=derivative))
+        return np.asarray(local_maps.c_map(self.spec, self.shape_names, self.theta, c,
+                                           derivative=derivative))
 
     def network_c_map(self, network: graph_lib.Node, c: Any) -> np.ndarray:
         """The whole network's C map at ``c``: the local map composed through the kernel graph.
 
-        The local map is tabulated once on a fine grid and interpolated with a cubic Hermite spline
-        (exact slopes from ``C'``), so deep networks cost one 2D quadrature, not one per layer.
+        The local map is computed once on a grid of angles (``c = cos(theta)``) and interpolated there
+        (``local_maps.CMapInterpolant``), so deep networks cost a few dozen 2D quadratures in all.
         """
         c = np.asarray(c, np.float64)
-        return np.asarray(graph_lib.propagate(network, c, self._interpolated_c_map()))
+        return np.asarray(graph_lib.propagate(network, c, self.interpolated_c_map()))
+
+    def network_trace(self, network: graph_lib.Sequential, c: Any) -> list[np.ndarray]:
+        """The C value after each top-level layer of ``network`` (``graph.trace``), for the inputs ``c``."""
+        return graph_lib.trace(network, np.asarray(c, np.float64), self.interpolated_c_map())
+
+    def interpolated_c_map(self):
+        """The local C map as a fast vectorized function on [-1, 1] (closed form or interpolant)."""
+        slope = self._closed_form_slope()
+        if slope is not None:
+            return lambda x: local_maps.leaky_relu_c_map(np.clip(x, -1.0, 1.0), slope)
+        return _interpolant(self)
 
     def network_kernel_matrix(self, network: graph_lib.Node, kernel: Any) -> np.ndarray:
         """Kernel matrices over sequence positions ``[..., T, T]`` after ``network`` (a sequence model).
@@ -138,11 +144,11 @@ class TransformedActivation:
         correlations through the local C map, attention layers through their matrices at initialization.
         """
         return sequence_lib.propagate(network, np.asarray(kernel, np.float64), self._fast_q_map(),
-                                      self._interpolated_c_map())
+                                      self.interpolated_c_map())
 
     def sequence_maps(self):
         """``(q_map, c_map)`` as fast vectorized NumPy functions, for ``dks_jax.kernels.sequence``."""
-        return self._fast_q_map(), self._interpolated_c_map()
+        return self._fast_q_map(), self.interpolated_c_map()
 
     def _fast_q_map(self):
         if self._closed_form_slope() is not None:
@@ -151,12 +157,6 @@ class TransformedActivation:
             return lambda q: q1 * np.asarray(q, np.float64)
         return lambda q: self.q_map(q)
 
-    def _interpolated_c_map(self):
-        slope = self._closed_form_slope()
-        if slope is not None:
-            return lambda x: local_maps.leaky_relu_c_map(np.clip(x, -1.0, 1.0), slope)
-        spline = _c_map_spline(self)
-        return lambda x: spline(np.clip(x, -1.0, 1.0))
 
     def describe(self) -> Mapping[str, Any]:
         """Everything worth printing about this activation (parameters and local map values)."""
@@ -165,9 +165,5 @@ class TransformedActivation:
 
 
 @functools.lru_cache(maxsize=64)
-def _c_map_spline(activation: TransformedActivation):
-    """The local C map tabulated on a fine grid with exact slopes (two 2D quadratures; cached)."""
-    grid = np.linspace(-1.0, 1.0, 401)
-    values, slopes = activation.c_map(grid), activation.c_map(grid, derivative=1)
-    from scipy.interpolate import CubicHermiteSpline  # local: scipy is only needed here
-    return CubicHermiteSpline(grid, values, slopes)
+def _interpolant(act: TransformedActivation) -> local_maps.CMapInterpolant:
+    return local_maps.CMapInterpolant.build(act.spec, act.theta)

@@ -5,7 +5,16 @@
     from dks_jax import get_transformed_activations, get_activation_params
 
 Same argument names, defaults and meaning; the parameters come back under the same keys
-(``input_scale``, ``input_shift``, ``output_shift``, ``output_scale``, ``negative_slope``).
+(``input_scale``, ``input_shift``, ``output_shift``, ``output_scale``, ``negative_slope``), and they are
+the same root the public package returns (``reference_root=True`` in the solver): where several
+equivalent roots exist (a negative input scale, a mirrored shift of an odd function), the one it finds
+from its starting points, not our canonical one. Differences that remain, by design:
+
+* where the public package's fixed 100,000-node quadrature is inaccurate (ReLU and Leaky ReLU under DKS,
+  whose kinks it does not split), our parameters are the exact ones; the difference is ~1e-5 for ReLU;
+* activations whose slope jumps (SELU) are refused by TAT (their C''(1) is infinite; the public
+  package returns parameters for a finite C''(1) that the function does not have);
+* methods 'EOC' and our extra activations (sin, cos, trelu, dotted JAX names) are available here too.
 """
 
 from __future__ import annotations
@@ -61,10 +70,11 @@ def transformed_activations(activation_names: Sequence[str], method: str = "DKS"
                                      "'max_slope_func'.")
                 local["s"] = solver.local_c_slope_target(subnet_max_func, dks.c_slope_1_target,
                                                          max_slope_func)
-            out[name] = solver.dks_transform(name, local["s"], dks.local_q_slope_target)
+            out[name] = solver.dks_transform(name, local["s"], dks.local_q_slope_target,
+                                             reference_root=True)
         else:
             out[name] = solver.transform(name, "TAT", subnet_max_func=subnet_max_func,
-                                         max_curv_func=max_curv_func, tat=tat)
+                                         max_curv_func=max_curv_func, tat=tat, reference_root=True)
     return out
 
 

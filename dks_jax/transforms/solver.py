@@ -8,27 +8,45 @@ Two stages, as in the papers:
    slope ``a`` with ``M(0, C_a) = eta``. The search is the same bisection as the public ``dks`` package
    (same starting point, same tolerance 1e-8 on the network-level value), so published parameters are
    reproduced to all the digits they were printed with; pass ``search_tol`` for a tighter solution.
-2. *Local target to parameters.* A root of the local conditions in the free parameters, with MINPACK's
-   hybrid method (``scipy.optimize.root``) fed exact Jacobians by autodiff through the quadrature, then
-   polished by Newton steps, from a fixed list of starting points (then seeded random ones). Output
-   shift and scale are solved in closed form (C(0) = 0, Q(1) = 1).
+2. *Local target to parameters.* A root of the local conditions in the free parameters, found like the
+   public package finds it: MINPACK's hybrid method (``scipy.optimize.root``, finite-difference
+   Jacobian) from the same fixed list of starting points, then the same seeded random ones, taking the
+   first root that is not rejected. Each root is then polished by a few Newton steps to rounding error.
+   Output shift and scale are solved in closed form (C(0) = 0, Q(1) = 1). The residuals are Gaussian
+   expectations by kink-split quadrature, with the activation and its derivatives evaluated by NumPy
+   (``kernels.evaluate``): nothing is compiled, so the first solve in a process is as fast as the next.
 
 Conventions:
 
 * DKS: Q(1) = 1, Q'(1) = ``local_q_slope_target``, C(0) = 0, C'(1) = ``s``. ReLU has one degree of
   freedom less: its input shift is fixed to +1 (or -1 when ``s`` >= 1.46694...) and the Q-slope condition
   is dropped. Leaky ReLU (and other families with a shape parameter) solve for the shape parameter and
-  the input shift, with the input scale fixed to 1.
+  the input shift, with the input scale fixed to 1. Activations that jump (``phi`` discontinuous) have an
+  infinite C'(1) and are refused.
 * TAT (smooth): Q(1) = 1, Q'(1) = 1, C'(1) = 1, C''(1) = ``k`` in the input scale, input shift and output
-  shift. Solutions with ``|input_scale| * output_scale >= 2`` are rejected (they have unstable Q maps).
+  shift. Roots with ``input_scale * output_scale >= 2`` are rejected (they have unstable Q maps).
   C(0) is left free, as in the public implementation whose published regression values we match.
-* Canonical solutions: ``(alpha, beta) -> (-alpha, beta)`` maps ``phi(alpha x + beta)`` to its mirror image
-  ``x -> phi(-alpha x + beta)``, whose Q and C maps are identical, so solvers may land on either. We always
-  return the one with a positive input scale. For odd families (tanh, erf, atan, asinh, softsign, ...)
-  ``(beta, delta) -> (-beta, -delta)`` is another such symmetry, and for even ones ``beta -> -beta``: there
-  we also return the solution with a non-negative input shift.
-* EOC (our baseline): the untransformed activation with the output scale ``1 / sqrt(E[phi'(z)^2])``, i.e.
-  the weight variance that puts the network at the edge of chaos for unit q (He init for ReLU).
+  Activations whose slope jumps (ReLU family, SELU, any ``jnp.where`` kink) have an infinite C''(1)
+  and are refused (TAT uses C(0) for the Leaky ReLU family instead).
+* Roots. ``(alpha, beta) -> (-alpha, beta)`` maps ``phi(alpha x + beta)`` to its mirror image
+  ``x -> phi(-alpha x + beta)``, whose Q and C maps are identical; for odd families (tanh, erf, sin, ...)
+  ``(beta, delta) -> (-beta, -delta)`` is another such symmetry, for even ones (cos) ``beta -> -beta``,
+  and a periodic family's input shift is only defined modulo its period. So a root comes in several
+  equivalent copies. ``transform`` returns the *canonical* copy: positive input scale, input shift in
+  ``[0, period / 2]`` for periodic families, non-negative for odd/even ones. With
+  ``reference_root=True`` (what ``get_activation_params`` uses) it returns the copy the public
+  package returns instead (negative input scales included; for sin and cos the shift modulo 2 pi).
+  Where every root reached from the fixed starting points is rejected (sigmoid under TAT), the
+  canonical solution is the first of them (its mirror image would pass the signed test); the
+  reference-compatible one continues through the random starting points as the public package does.
+* EOC (a baseline): the untransformed activation at the edge of chaos of a network with zero biases:
+  the weight variance ``sigma_w^2`` with ``chi = sigma_w^2 E[phi'(sqrt(q*) z)^2] = 1`` at the fixed point
+  ``q*`` of ``q -> sigma_w^2 E[phi(sqrt(q) z)^2]`` (Poole et al. 2016; Schoenholz et al. 2017). Written for
+  unit-q inputs, ``phi_hat(x) = (sigma_w / sqrt(q*)) phi(sqrt(q*) x)``: input scale ``sqrt(q*)``, output
+  scale ``sigma_w / sqrt(q*)``; then Q(1) = 1 and C'(1) = chi = 1. Positively homogeneous
+  activations have every q as a fixed point: He scaling, ``sigma_w^2 = 2 / (1 + a^2)``, q* = 1. Where
+  the only such point is q* -> 0 (tanh, erf, sin: the network is then linear) or there is none, EOC is
+  refused with the reason.
 
 Results are cached per (family, method, local targets), and are bit-identical across processes.
 This module imports neither Haiku nor TFDS nor kfac-jax.
@@ -43,14 +61,13 @@ import logging
 import math
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 from dks_jax import activations
+from dks_jax.kernels import evaluate, kinks
 from dks_jax.kernels import graph as graph_lib
-from dks_jax.kernels import local_maps
+from dks_jax.kernels import local_maps, quadrature
+from dks_jax.transforms import disk_cache
 from dks_jax.transforms.activation import TransformedActivation
 
 log = logging.getLogger(__name__)
@@ -61,8 +78,10 @@ RELU_MAX_SLOPE_POSITIVE_SHIFT = 1.466942206924260361
 SEARCH_TOL = 1e-8
 _RANDOM_SEED = 123
 _NUM_TRIES = 50
-_ROOT_TOL = 1e-11
-# Starting values tried first, in this order, then random ones from the ranges below.
+_ROOT_TOL = 1e-9  # max |residual| after polishing for a root to count
+_FD_STEP = math.sqrt(np.finfo(np.float64).eps)  # MINPACK's forward-difference step (epsfcn = 0)
+# Starting values tried first, in this order, then random ones from the ranges below (the public
+# package's values, drawn with NumPy's legacy seeded generator in the same order, so the same points).
 _START_VALUES = {"input_scale": (1.0, 0.1), "input_shift": (0.0, 1.0, -1.0),
                  "output_shift": (0.0, 1.0, -1.0), "shape": (0.0, 0.5)}
 _RANDOM_RANGES = {"input_scale": (0.0, 2.0), "input_shift": (-3.0, 3.0),
@@ -150,22 +169,34 @@ def local_c_slope_target(subnet_max: SubnetMaxFunc | None, zeta: float,
                          max_slope_func: Callable[[float], float] | None = None,
                          tol: float = SEARCH_TOL) -> float:
     """DKS: the local C'(1) ``s`` with ``max_f C_f'(1) = M(1, y -> s y) = zeta``."""
+    memo = ("slope", zeta, tol)
+    if max_slope_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     fn = max_slope_func or (lambda s: subnet_max(1.0, lambda y: s * y))
     if fn(4.0) <= fn(1.0) + 1e-12:
         raise SolverError("DKS: the network's maximal C'(1) does not grow with the local slope; it has no "
                           "nonlinear layers, so there is nothing to shape.")
-    return solve_increasing(fn, zeta, 1.1, 1.0, math.inf, tol=tol)
+    s = solve_increasing(fn, zeta, 1.1, 1.0, math.inf, tol=tol)
+    if max_slope_func is None and isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = s
+    return s
 
 
 def local_c_curv_target(subnet_max: SubnetMaxFunc | None, tau: float,
                         max_curv_func: Callable[[float], float] | None = None,
                         tol: float = SEARCH_TOL) -> float:
     """TAT (smooth): the local C''(1) ``k`` with ``max_f C_f''(1) = M(0, y -> k + y) = tau``."""
+    memo = ("curv", tau, tol)
+    if max_curv_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     fn = max_curv_func or (lambda k: subnet_max(0.0, lambda y: k + y))
     if fn(1.0) <= fn(0.0) + 1e-12:
         raise SolverError("TAT: the network's maximal C''(1) does not grow with the local curvature; it "
                           "has no nonlinear layers, so there is nothing to shape.")
-    return solve_increasing(fn, tau, 0.1, 0.0, math.inf, tol=tol)
+    k = solve_increasing(fn, tau, 0.1, 0.0, math.inf, tol=tol)
+    if max_curv_func is None and isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = k
+    return k
 
 
 def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float = SEARCH_TOL) -> float:
@@ -175,6 +206,9 @@ def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float 
       SolverError: If no slope reaches ``eta``: ReLU (a = 0) gives the largest C(0) a Leaky ReLU network
         can have, and a shallow network's may be below ``eta``.
     """
+    memo = ("c0", eta, tol)
+    if isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
+        return subnet_max.found[memo]
     c0 = lambda a: subnet_max(0.0, lambda c: local_maps.leaky_relu_c_map(c, a))
     reachable = c0(0.0)
     if not eta < reachable - tol:
@@ -184,7 +218,10 @@ def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float 
             f"reached with ReLU (negative slope 0), is only {reachable:.6f}. Use eta < {reachable:.6f}, or "
             f"a deeper network (a plain Leaky ReLU stack needs at least {plain_depth} nonlinear layers "
             f"for eta = {eta}).")
-    return solve_increasing(lambda a: 1.0 - c0(a), 1.0 - eta, 0.5, 0.0, 1.0, tol=tol)
+    a = solve_increasing(lambda a: 1.0 - c0(a), 1.0 - eta, 0.5, 0.0, 1.0, tol=tol)
+    if isinstance(subnet_max, _NetworkSearches):
+        subnet_max.found[memo] = a
+    return a
 
 
 def _plain_relu_depth_reaching(eta: float, limit: int = 100000) -> int:
@@ -202,14 +239,13 @@ def _plain_relu_depth_reaching(eta: float, limit: int = 100000) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Problem:
-    """A local root-finding problem (hashable: it keys the jit and result caches)."""
+    """A local root-finding problem (hashable: it keys the result cache)."""
 
     spec: activations.ActivationSpec
-    shape_names: tuple[str, ...]
     free: tuple[str, ...]  # names among input_scale, input_shift, output_shift, shape
     fixed_theta: tuple[float, ...]  # theta values of the parameters that are not free
     zero_mean: bool  # whether output_shift is solved by C(0) = 0 (else free or fixed)
-    conditions: tuple[str, ...]  # LocalMoments fields
+    conditions: tuple[str, ...]  # among q_slope, c_slope_1, c_curv_1
     targets: tuple[float, ...]
     reject_large_scale: bool = False
 
@@ -217,117 +253,325 @@ class _Problem:
 _THETA_INDEX = {"input_scale": 0, "input_shift": 1, "output_shift": 2, "shape": 4}
 
 
-def _full_theta(problem: _Problem, p: jax.Array) -> jax.Array:
-    """Theta with the free values, the closed-form output shift and output scale filled in."""
-    theta = jnp.asarray(problem.fixed_theta, dtype=p.dtype)
-    for i, name in enumerate(problem.free):
-        theta = theta.at[_THETA_INDEX[name]].set(p[i])
-    theta = theta.at[3].set(1.0)
-    if problem.zero_mean:
-        theta = theta.at[2].set(0.0)
-    raw = local_maps.local_moments(problem.spec, problem.shape_names, theta)
-    shift = -raw.mean if problem.zero_mean else theta[2]
-    # E[(h + shift)^2] for the unscaled h = phi(alpha x + beta) (+ the fixed/free output shift).
-    second = raw.q_value + (2.0 * raw.mean * shift + shift * shift if problem.zero_mean else 0.0)
-    theta = theta.at[2].set(shift)
-    return theta.at[3].set(1.0 / jnp.sqrt(second))
+class _Residual:
+    """The local conditions minus their targets as a NumPy function of the free parameters.
+
+    One evaluation: quadrature nodes cut at the kinks, the derivative tower of ``phi`` at
+    ``alpha z + beta``, and a handful of weighted sums. Output shift (C(0) = 0) and output scale
+    (Q(1) = 1) are filled in from the same sums.
+    """
+
+    def __init__(self, problem: _Problem):
+        self.problem = problem
+        self.order = 2 if "c_curv_1" in problem.conditions else 1
+        self.tower = evaluate.tower(problem.spec, self.order)
+        self.kinks = np.asarray(kinks.kink_profile(problem.spec).kinks, np.float64)
+        self.targets = np.asarray(problem.targets, np.float64)
+        self.evaluations = 0
+
+    def theta(self, p: np.ndarray) -> np.ndarray:
+        """Full theta ``(alpha, beta, delta, gamma, *shape)`` at the free values ``p``."""
+        theta = np.array(self.problem.fixed_theta, np.float64)
+        for value, name in zip(p, self.problem.free):
+            theta[_THETA_INDEX[name]] = value
+        sums = self._sums(theta)
+        theta[2] = -sums["mean"] if self.problem.zero_mean else theta[2]
+        theta[3] = 1.0 / math.sqrt(sums["second"]) if sums["second"] > 0 else math.nan
+        return theta
+
+    def _cuts(self, theta: np.ndarray) -> np.ndarray | None:
+        alpha, beta = theta[0], theta[1]
+        return (self.kinks - beta) / alpha if self.kinks.size and alpha != 0.0 else None
+
+    def _sums(self, theta: np.ndarray, cuts: np.ndarray | None = None) -> dict[str, float]:
+        alpha, beta = theta[0], theta[1]
+        z, w = quadrature.gaussian_nodes(self._cuts(theta) if cuts is None else cuts)
+        d = self.tower(alpha * z + beta, theta[4:])
+        h = d[0] if self.problem.zero_mean else d[0] + theta[2]
+        mean = float(np.dot(w, h))
+        if self.problem.zero_mean:
+            h = h - mean
+        h1 = alpha * d[1]
+        out = {"mean": mean, "second": float(np.dot(w, h * h)),
+               "q_slope": float(np.dot(w, h * h1 * z)), "c_slope_1": float(np.dot(w, h1 * h1))}
+        if self.order == 2:
+            h2 = alpha * alpha * d[2]
+            out["c_curv_1"] = float(np.dot(w, h2 * h2))
+        return out
+
+    def __call__(self, p: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
+        self.evaluations += 1
+        theta = np.array(self.problem.fixed_theta, np.float64)
+        for value, name in zip(p, self.problem.free):
+            theta[_THETA_INDEX[name]] = value
+        sums = self._sums(theta, cuts)
+        second = sums["second"]
+        if not second > 0.0 or not math.isfinite(second):
+            return np.full(len(self.targets), np.nan)
+        # With gamma = 1 / sqrt(second), Q(1) = 1 and each moment is its sum over `second`.
+        values = np.array([sums[name] for name in self.problem.conditions]) / second
+        return values - self.targets
+
+    def jacobian(self, p: np.ndarray) -> np.ndarray:
+        """The Jacobian MINPACK's ``hybrd`` would estimate for the public package's residual.
+
+        Forward differences with MINPACK's step ``sqrt(eps) |p_j|``, with the quadrature's cuts held
+        where the kinks are at ``p``. The public package integrates on fixed nodes, so a step of
+        1e-8 never moves a kink across a node: its difference quotients omit the term from the kink's
+        motion (where ``phi'`` jumps, C'(1) has one). Holding our cuts does the same, so hybr takes the
+        steps it takes there and lands on the same root (for smooth activations this is exactly the
+        ordinary finite-difference Jacobian).
+        """
+        p = np.asarray(p, np.float64)
+        theta = np.array(self.problem.fixed_theta, np.float64)
+        for value, name in zip(p, self.problem.free):
+            theta[_THETA_INDEX[name]] = value
+        cuts = self._cuts(theta)
+        base = self(p, cuts)
+        jac = np.empty((base.size, p.size))
+        for j in range(p.size):
+            step = _FD_STEP * abs(p[j]) or _FD_STEP
+            q = p.copy()
+            q[j] += step
+            jac[:, j] = (self(q, cuts) - base) / step
+        return jac
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(problem_key: _Problem):
-    """Jitted residual, Jacobian and theta for one problem *structure* (targets are traced)."""
+@dataclasses.dataclass
+class _Attempt:
+    """One starting point's outcome: the root (theta) if hybr succeeded, and its verdict.
 
-    residual = functools.partial(_residual_with_targets, problem_key)
-    fun = jax.jit(residual)
-    jac = jax.jit(jax.jacfwd(residual))
-    theta = jax.jit(lambda p: _full_theta(problem_key, p))
-    return fun, jac, theta
+    Rejected roots are polished only when one of them is returned (``_Search.finish``).
+    """
 
-
-def _residual_with_targets(problem: _Problem, p: jax.Array, targets: jax.Array) -> jax.Array:
-    theta = _full_theta(problem, p)
-    m = local_maps.local_moments(problem.spec, problem.shape_names, theta)
-    return jnp.stack([getattr(m, name) for name in problem.conditions]) - targets
+    start: tuple[float, ...]
+    theta: tuple[float, ...] | None
+    rejected: bool = False
+    x: np.ndarray | None = None  # hybr's unpolished solution, for rejected roots
 
 
 def _starting_points(free: Sequence[str]) -> list[tuple[float, ...]]:
     points = list(itertools.product(*(_START_VALUES[name] for name in free)))
-    rng = np.random.default_rng(_RANDOM_SEED)
+    rng = np.random.RandomState(_RANDOM_SEED)  # the legacy stream of np.random.seed(123)
     while len(points) < _NUM_TRIES:
-        points.append(tuple(rng.uniform(*_RANDOM_RANGES[name]) for name in free))
+        points.append(tuple(float(rng.uniform(*_RANDOM_RANGES[name])) for name in free))
     return points
 
 
-@functools.lru_cache(maxsize=4096)
-def _solve_local(problem: _Problem) -> tuple[float, ...]:
-    """Solves one local problem; returns the full theta as a tuple of floats."""
-    structure = dataclasses.replace(problem, targets=())
-    with jax.enable_x64(True):
-        fun, jac, theta_fn = _compiled(structure)
-        # NumPy in, NumPy out: converting with jnp.asarray first costs ~20x the jitted call itself.
-        targets = np.asarray(problem.targets, dtype=np.float64)
-        f = lambda p: np.asarray(fun(np.asarray(p, np.float64), targets))
-        j = lambda p: np.asarray(jac(np.asarray(p, np.float64), targets))
-        failures = []
-        rejected = None
-        num_fixed = math.prod(len(_START_VALUES[name]) for name in problem.free)
-        for index, start in enumerate(_starting_points(problem.free)):
-            if index == num_fixed and rejected is not None:
-                # Every root the fixed starting points reached has |alpha| gamma >= 2. Mirroring
-                # (alpha -> -alpha) keeps a root's kernel maps but would pass the public implementation's
-                # signed test, which is how it accepts sigmoid (whose every root has |alpha| gamma ~ 5.2);
-                # we return the first such root instead of hunting random starts for a mirrored one.
-                log.info("All roots found for %r have |input_scale| * output_scale >= 2; using the "
-                         "first one.", problem.spec.name)
-                return rejected
-            sol = scipy.optimize.root(f, np.asarray(start, np.float64), jac=j, method="hybr")
-            p = sol.x
-            # Newton polish: hybr stops at xtol ~1.5e-8; a few exact-Jacobian steps reach rounding error.
-            for _ in range(8):
-                r = f(p)
-                if not np.all(np.isfinite(r)) or np.max(np.abs(r)) < 1e-14:
-                    break
-                try:
-                    p = p - np.linalg.solve(j(p), r)
-                except np.linalg.LinAlgError:
-                    break
-            r = f(p)
+def _fd_jacobian(fun: Callable[[np.ndarray], np.ndarray], p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    jac = np.empty((r.size, p.size))
+    for i in range(p.size):
+        step = 1e-7 * max(1.0, abs(p[i]))
+        q = p.copy()
+        q[i] += step
+        jac[:, i] = (fun(q) - r) / step
+    return jac
+
+
+def _polish(fun: Callable[[np.ndarray], np.ndarray], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Newton steps with a finite-difference Jacobian: hybr stops at xtol ~1.5e-8, this at rounding."""
+    r = fun(p)
+    for _ in range(3):
+        if not np.all(np.isfinite(r)) or np.max(np.abs(r)) < 1e-15:
+            break
+        try:
+            q = p - np.linalg.solve(_fd_jacobian(fun, p, r), r)
+        except np.linalg.LinAlgError:
+            break
+        rq = fun(q)
+        if not np.all(np.isfinite(rq)) or np.max(np.abs(rq)) >= np.max(np.abs(r)):
+            break
+        p, r = q, rq
+    return p, r
+
+
+@functools.lru_cache(maxsize=1)
+def _minpack_hybrj() -> Callable | None:
+    """MINPACK's ``hybrj`` from SciPy's extension module, loaded without importing ``scipy.optimize``.
+
+    ``import scipy.optimize`` takes 0.3 s (over 1 s on a loaded 2-core machine): longer than a whole
+    solve. The compiled MINPACK wrapper it uses loads in a millisecond by itself. This relies on the
+    private ``_hybrj(fun, jac, x0, args, full_output, col_deriv, xtol, maxfev, factor, diag)`` entry
+    point (stable since SciPy 1.0); if it is missing or different, ``scipy.optimize.root`` is used.
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    module = sys.modules.get("scipy.optimize._minpack")
+    try:
+        if module is None:
+            spec = importlib.util.find_spec("scipy")
+            folder = os.path.join(os.path.dirname(spec.origin), "optimize")
+            path = next(os.path.join(folder, "_minpack" + suffix)
+                        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                        if os.path.exists(os.path.join(folder, "_minpack" + suffix)))
+            ext = importlib.util.spec_from_file_location("scipy.optimize._minpack", path)
+            module = importlib.util.module_from_spec(ext)
+            ext.loader.exec_module(module)
+        hybrj = module._hybrj
+        x, _, status = hybrj(lambda p: p - 1.0, lambda p: np.eye(1), np.zeros(1), (), 1, 0,
+                             1.49012e-08, 200, 100.0, None)
+        if status != 1 or abs(x[0] - 1.0) > 1e-12:
+            return None
+        return hybrj
+    except Exception:  # any surprise: fall back to the public API
+        log.debug("MINPACK extension not usable directly; using scipy.optimize.root.", exc_info=True)
+        return None
+
+
+def _hybr(fun: Callable[[np.ndarray], np.ndarray], jac: Callable[[np.ndarray], np.ndarray],
+          x0: np.ndarray, maxfev: int) -> tuple[np.ndarray, bool]:
+    """Powell's hybrid method (MINPACK ``hybrj``, as ``scipy.optimize.root(method='hybr')``)."""
+    hybrj = _minpack_hybrj()
+    if hybrj is not None:
+        x, _, status = hybrj(fun, jac, np.asarray(x0, np.float64), (), 1, 0, 1.49012e-08, maxfev,
+                             100.0, None)
+        return np.asarray(x, np.float64), status == 1
+    import scipy.optimize
+
+    sol = scipy.optimize.root(fun, x0, method="hybr", jac=jac, options={"maxfev": maxfev})
+    return sol.x, bool(sol.success)
+
+
+class _Search:
+    """The starting points tried so far for one problem, extended on demand and cached."""
+
+    def __init__(self, problem: _Problem):
+        self.problem = problem
+        self.residual = _Residual(problem)
+        self.starts = _starting_points(problem.free)
+        self.num_fixed = math.prod(len(_START_VALUES[name]) for name in problem.free)
+        self.attempts: list[_Attempt] = []
+
+    def attempt(self, index: int) -> _Attempt:
+        while len(self.attempts) <= index:
+            self.attempts.append(self._try(self.starts[len(self.attempts)]))
+        return self.attempts[index]
+
+    def _try(self, start: tuple[float, ...]) -> _Attempt:
+        with np.errstate(all="ignore"):
+            # hybrd's own defaults (maxfev 200 (n + 1)), with its finite-difference Jacobian supplied.
+            x, success = _hybr(self.residual, self.residual.jacobian, np.asarray(start, np.float64),
+                               maxfev=200 * (len(start) + 1))
+            if not success:
+                return _Attempt(start, None)
+            if self.problem.reject_large_scale:
+                # The public package's test is signed, on the root as found (before canonicalization);
+                # hybr's solution is within 1e-8 of the root, plenty for a threshold of 2.
+                theta = self.residual.theta(x)
+                if np.all(np.isfinite(theta)) and theta[0] * theta[3] >= 2.0:
+                    return _Attempt(start, None, rejected=True, x=x)
+            return self._polished(start, x)
+
+    def _polished(self, start: tuple[float, ...], x: np.ndarray, rejected: bool = False) -> _Attempt:
+        with np.errstate(all="ignore"):
+            p, r = _polish(self.residual, x)
             if not (np.all(np.isfinite(r)) and np.max(np.abs(r)) < _ROOT_TOL):
-                failures.append(start)
-                continue
-            theta = np.array(theta_fn(np.asarray(p, np.float64)))
-            # The rejection applies to the root as found, before it is canonicalized, as in the public
-            # implementation (so its published solutions are the ones we return).
-            reject = problem.reject_large_scale and theta[0] * theta[3] >= 2.0
-            theta[0] = abs(theta[0])  # canonical mirror image (see module docstring)
-            symmetry = _symmetry(problem.spec, tuple(theta[4:].tolist()))
-            if symmetry and theta[1] < 0:
-                # Odd phi: (beta, delta) -> (-beta, -delta) gives x -> -phi_hat(-x); even phi:
-                # beta -> -beta gives x -> phi_hat(-x). Same kernel maps either way: keep beta >= 0.
-                theta[1] = -theta[1]
-                theta[2] = theta[2] * symmetry
-            if reject:
-                log.debug("Rejected solution %s (input_scale * output_scale >= 2).", theta)
-                rejected = rejected or tuple(float(v) for v in theta)
-                failures.append(start)
-                continue
-            return tuple(float(v) for v in theta)
-        if rejected is not None:
-            return rejected
-    raise SolverError(
-        f"The solver did not converge for activation {problem.spec.name!r} (conditions "
-        f"{dict(zip(problem.conditions, problem.targets))}) from any of {len(failures)} starting points. "
-        "The targets may be unachievable for this activation (the conditions can even be inconsistent: "
-        "'square' has Q'(1) = C'(1) whenever C(0) = 0); try a different zeta/tau, or another activation.")
+                return _Attempt(start, None)
+            theta = self.residual.theta(p)
+        if not np.all(np.isfinite(theta)):
+            return _Attempt(start, None)
+        return _Attempt(start, tuple(float(v) for v in theta), rejected)
+
+    def finish(self, attempt: _Attempt) -> tuple[float, ...] | None:
+        """The polished theta of an attempt (rejected ones are polished on first use)."""
+        if attempt.theta is None and attempt.x is not None:
+            attempt.theta = self._polished(attempt.start, attempt.x, attempt.rejected).theta
+            attempt.x = None
+        return attempt.theta
+
+    def failure(self) -> SolverError:
+        problem = self.problem
+        tried = len(self.attempts)
+        rejected = sum(a.rejected for a in self.attempts)
+        hint = ""
+        if "input_scale" in problem.free and _is_homogeneous(problem.spec):
+            hint = (f" {problem.spec.name!r} is positively homogeneous (phi(2 x) = 2 phi(x)): its input "
+                    "scale is redundant with the output scale, so Q'(1) and C'(1) cannot both be set. "
+                    "Register it with positive_homogeneous=True to solve for C'(1) alone, as for ReLU.")
+        return SolverError(
+            f"The solver did not converge for activation {problem.spec.name!r} (conditions "
+            f"{dict(zip(problem.conditions, problem.targets))}) from any of {tried} starting points"
+            + (f" ({rejected} roots found had input_scale * output_scale >= 2 and were rejected)"
+               if rejected else "")
+            + ". The targets may be unachievable for this activation (the conditions can even be "
+            "inconsistent: 'square' has Q'(1) = C'(1) whenever C(0) = 0); try a different zeta/tau, "
+            "or another activation." + hint)
+
+
+def _is_homogeneous(spec: activations.ActivationSpec) -> bool:
+    x = np.linspace(-5.0, 5.0, 101)
+    tower = evaluate.tower(spec, 0)
+    one, two = tower(x)[0], tower(2.0 * x)[0]
+    return bool(np.max(np.abs(two - 2.0 * one)) <= 1e-12 * (1.0 + np.max(np.abs(two))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _search(problem: _Problem) -> _Search:
+    return _Search(problem)
+
+
+def _solve_local(problem: _Problem, reference_root: bool = False) -> tuple[float, ...]:
+    """Solves one local problem; returns the full theta (canonical, or as the public package finds it)."""
+    search = _search(problem)
+    first_rejected = None
+    for index in range(_NUM_TRIES):
+        if index == search.num_fixed and first_rejected is not None and not reference_root:
+            theta = search.finish(first_rejected)
+            if theta is not None:
+                log.info("All roots found for %r have input_scale * output_scale >= 2; using the "
+                         "first (canonical) one.", problem.spec.name)
+                return _canonical(problem.spec, theta)
+        att = search.attempt(index)
+        if att.rejected:
+            first_rejected = first_rejected or att
+        elif att.theta is not None:
+            return att.theta if reference_root else _canonical(problem.spec, att.theta)
+    last = search.attempts[-1]
+    if reference_root:
+        # The public package returns the last root when the last start converged, rejected or not.
+        if search.finish(last) is not None:
+            return last.theta
+        raise search.failure()
+    if first_rejected is not None and search.finish(first_rejected) is not None:
+        return _canonical(problem.spec, first_rejected.theta)
+    raise search.failure()
+
+
+def _canonical(spec: activations.ActivationSpec, theta: Sequence[float]) -> tuple[float, ...]:
+    """The canonical copy of a root among its equivalent ones (module docstring)."""
+    theta = list(theta)
+    theta[0] = abs(theta[0])  # the mirror image x -> phi(-alpha x + beta) has the same kernel maps
+    symmetry = _symmetry(spec, tuple(theta[4:]))
+    if spec.period is not None:
+        theta[1] = theta[1] % spec.period
+        if symmetry and theta[1] > 0.5 * spec.period:
+            theta[1] = spec.period - theta[1]
+            theta[2] *= symmetry
+    elif symmetry and theta[1] < 0:
+        # Odd phi: (beta, delta) -> (-beta, -delta) gives x -> -phi_hat(-x); even phi: beta -> -beta
+        # gives x -> phi_hat(-x). Same kernel maps either way: keep beta >= 0.
+        theta[1] = -theta[1]
+        theta[2] *= symmetry
+    return tuple(float(v) for v in theta)
+
+
+def _reference_copy(spec: activations.ActivationSpec, theta: Sequence[float]) -> tuple[float, ...]:
+    """The public package's presentation of a root: as found, with sin/cos shifts modulo 2 pi."""
+    theta = list(theta)
+    if spec.period is not None:
+        theta[1] = theta[1] - spec.period * math.floor(theta[1] / spec.period)
+    return tuple(float(v) for v in theta)
 
 
 @functools.lru_cache(maxsize=None)
 def _symmetry(spec: activations.ActivationSpec, shape: tuple[float, ...]) -> int:
     """-1 if the family (at these shape parameters) is odd, +1 if even, 0 otherwise (checked numerically)."""
     x = np.linspace(0.05, 6.0, 120)
-    with jax.enable_x64(True):
-        kw = dict(zip(spec.shape_params, shape))
-        plus, minus = np.asarray(spec.fn(x, **kw)), np.asarray(spec.fn(-x, **kw))
+    tower = evaluate.tower(spec, 0)
+    plus, minus = tower(x, shape)[0], tower(-x, shape)[0]
     scale = max(np.max(np.abs(plus)), 1e-300)
     if np.max(np.abs(plus + minus)) <= 1e-12 * scale:
         return -1
@@ -355,52 +599,104 @@ def _make(spec: activations.ActivationSpec, method: str, theta: Sequence[float],
         local_targets=tuple(local_targets.items()), param_keys=keys)
 
 
-def dks_transform(name: str, local_c_slope_1: float, local_q_slope: float = 1.0
-                  ) -> TransformedActivation:
+def _check_usable(spec: activations.ActivationSpec, method: str, values: bool = True
+                  ) -> kinks.KinkProfile:
+    """Refuses activations the method cannot shape (``values``: also NaN/constant); returns the kinks."""
+    if values:
+        kinks.check_values(spec, tuple(spec.shape_params.values()), order=2 if method == "TAT" else 1)
+    profile = kinks.kink_profile(spec)
+    if profile.order == 0:
+        raise SolverError(f"{method} cannot shape {spec.name!r}: {profile.describe(spec.name)}, so "
+                          "phi' holds a Dirac delta and C'(1) = E[phi'(z)^2] / Q(1) is infinite. Use a "
+                          "continuous activation.")
+    if method == "TAT" and profile.order == 1 and not is_leaky_family(spec.name):
+        raise SolverError(
+            f"TAT for smooth activations cannot shape {spec.name!r}: {profile.describe(spec.name)}, "
+            "so phi'' holds a Dirac delta and C''(1) = E[phi''(z)^2] / Q(1) is infinite: no input "
+            "scale or shift makes it finite. Use DKS, TAT with 'leaky_relu' (which targets C(0) "
+            "instead), or an activation whose slope is continuous (e.g. 'elu', 'softplus').")
+    return profile
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(spec: activations.ActivationSpec) -> str:
+    return disk_cache.definition_fingerprint(spec)
+
+
+def _solve(problem: _Problem, method: str, reference_root: bool) -> tuple[float, ...]:
+    """``_solve_local`` behind the usability checks and the optional on-disk cache."""
+    spec = problem.spec
+    entry = None
+    if disk_cache.enabled():
+        entry = disk_cache.key(_fingerprint(spec), [
+            method, problem.free, problem.fixed_theta, problem.zero_mean, problem.conditions,
+            problem.targets, problem.reject_large_scale, reference_root])
+        hit = disk_cache.load(entry)
+        if hit is not None:
+            return hit
+    _check_usable(spec, method)
+    theta = _solve_local(problem, reference_root)
+    if entry is not None:
+        targets = dict(zip(problem.conditions, problem.targets))
+        disk_cache.store(entry, theta, note=f"{spec.name} {method} {targets}")
+    return theta
+
+
+def dks_transform(name: str, local_c_slope_1: float, local_q_slope: float = 1.0, *,
+                  reference_root: bool = False) -> TransformedActivation:
     """Solves the DKS conditions for one activation, given the local C'(1) target.
 
     Args:
       name: Registered activation family.
       local_c_slope_1: Target C'(1) of every nonlinear layer (``s`` from ``local_c_slope_target``).
       local_q_slope: Target Q'(1) of every nonlinear layer.
+      reference_root: Return the root as the public ``dks`` package returns it instead of the
+        canonical one (see the module docstring).
 
     Returns:
       The transformed activation.
     """
     spec = activations.get_activation(name)
+    _check_usable(spec, "DKS", values=False)
     names = _shape_names(spec)
     fixed = list(_default_theta(spec))
     if spec.positive_homogeneous and not names:
         # ReLU: alpha and the output scale are redundant, so fix the input shift and drop Q'(1).
         fixed[1] = 1.0 if local_c_slope_1 < RELU_MAX_SLOPE_POSITIVE_SHIFT else -1.0
-        problem = _Problem(spec, names, ("input_scale",), tuple(fixed), True, ("c_slope_1",),
+        problem = _Problem(spec, ("input_scale",), tuple(fixed), True, ("c_slope_1",),
                            (local_c_slope_1,))
         keys = ("input_shift", "input_scale", "output_shift", "output_scale")
     elif names:
         if len(names) != 1:
             raise SolverError(f"DKS supports families with at most one shape parameter; {name!r} has "
                               f"{names}.")
-        problem = _Problem(spec, names, ("shape", "input_shift"), tuple(fixed), True,
+        problem = _Problem(spec, ("shape", "input_shift"), tuple(fixed), True,
                            ("q_slope", "c_slope_1"), (local_q_slope, local_c_slope_1))
         keys = (names[0], "input_shift", "output_shift", "output_scale")
     else:
-        problem = _Problem(spec, names, ("input_scale", "input_shift"), tuple(fixed), True,
+        problem = _Problem(spec, ("input_scale", "input_shift"), tuple(fixed), True,
                            ("q_slope", "c_slope_1"), (local_q_slope, local_c_slope_1))
         keys = ("input_scale", "input_shift", "output_shift", "output_scale")
-    theta = _solve_local(problem)
+    theta = _solve(problem, "DKS", reference_root)
+    if reference_root:
+        theta = _reference_copy(spec, theta)
     return _make(spec, "DKS", theta, keys, {"c_slope_1": local_c_slope_1, "q_slope": local_q_slope})
 
 
-def tat_smooth_transform(name: str, local_c_curv_1: float) -> TransformedActivation:
-    """Solves the TAT conditions for a smooth activation, given the local C''(1) target."""
+def tat_smooth_transform(name: str, local_c_curv_1: float, *,
+                         reference_root: bool = False) -> TransformedActivation:
+    """Solves the TAT conditions for an activation with a continuous slope, given the local C''(1)."""
     spec = activations.get_activation(name)
-    if spec.piecewise_linear:
+    if is_leaky_family(name):
         raise SolverError(f"TAT for smooth activations does not apply to {name!r} (its C''(1) is "
                           "infinite); use 'leaky_relu' with TAT, which targets C(0) instead.")
-    problem = _Problem(spec, _shape_names(spec), ("input_scale", "input_shift", "output_shift"),
-                       _default_theta(spec), False, ("q_slope", "c_slope_1", "c_curv_1"),
-                       (1.0, 1.0, local_c_curv_1), reject_large_scale=True)
-    theta = _solve_local(problem)
+    _check_usable(spec, "TAT", values=False)
+    problem = _Problem(spec, ("input_scale", "input_shift", "output_shift"), _default_theta(spec),
+                       False, ("q_slope", "c_slope_1", "c_curv_1"), (1.0, 1.0, local_c_curv_1),
+                       reject_large_scale=True)
+    theta = _solve(problem, "TAT", reference_root)
+    if reference_root:
+        theta = _reference_copy(spec, theta)
     return _make(spec, "TAT", theta, ("input_scale", "input_shift", "output_shift", "output_scale"),
                  {"c_curv_1": local_c_curv_1})
 
@@ -408,7 +704,7 @@ def tat_smooth_transform(name: str, local_c_curv_1: float) -> TransformedActivat
 def tat_leaky_relu_transform(name: str, negative_slope: float) -> TransformedActivation:
     """TReLU: the Leaky ReLU with the given slope scaled to have Q(q) = q."""
     spec = activations.get_activation(name)
-    if not (spec.piecewise_linear and "negative_slope" in spec.shape_params):
+    if not is_leaky_family(name):
         raise SolverError(f"TAT's C(0) rule needs the Leaky ReLU family; {name!r} is not in it.")
     # trelu carries the sqrt(2 / (1 + a^2)) factor itself.
     scale = 1.0 if name == "trelu" else math.sqrt(2.0 / (1.0 + negative_slope**2))
@@ -417,14 +713,86 @@ def tat_leaky_relu_transform(name: str, negative_slope: float) -> TransformedAct
     return _make(spec, "TAT", theta, keys, {"c_value_0_slope": negative_slope})
 
 
+# ----------------------------------------------------------------------------------------------
+# Edge of chaos.
+
+
+def _eoc_gap(tower: evaluate.Tower, shape: tuple[float, ...], knots: np.ndarray,
+             scales: np.ndarray) -> np.ndarray:
+    """``E[phi(a z)^2] / (a^2 E[phi'(a z)^2]) - 1`` for each input scale ``a`` (zero at an EOC point)."""
+    out = np.empty(scales.size)
+    for i, a in enumerate(scales):
+        z, w = quadrature.gaussian_nodes(knots / a if knots.size else None)
+        f, df = tower(a * z, shape)
+        out[i] = np.dot(w, f * f) / (a * a * np.dot(w, df * df)) - 1.0
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _eoc_input_scale(spec: activations.ActivationSpec) -> float:
+    """``sqrt(q*)`` of the EOC fixed point with zero biases (see the module docstring)."""
+    shape = tuple(spec.shape_params.values())
+    tower = evaluate.tower(spec, 1)
+    knots = np.asarray(kinks.kink_profile(spec).kinks, np.float64)
+    gap = lambda scales: _eoc_gap(tower, shape, knots, np.asarray(scales, np.float64))
+    # Scan q* = a^2 over [1e-6, 1e4] for the first sign change of the gap (chi = 1 in between).
+    scales = np.logspace(-3.0, 2.0, 101)
+    with np.errstate(all="ignore"):
+        values = gap(scales)
+    finite = np.isfinite(values)
+    if np.all(finite) and np.max(np.abs(values)) < 1e-10:
+        return 1.0  # chi = 1 at every fixed point (a linear function): any q works, take q* = 1
+    change = [i for i in range(scales.size - 1) if finite[i] and finite[i + 1]
+              and values[i] * values[i + 1] <= 0.0 and values[i] != 0.0]
+    if not change:
+        if finite[0] and abs(values[0]) < 1e-4:
+            reason = ("chi = sigma_w^2 E[phi'(sqrt(q*) z)^2] > 1 at every fixed point q* > 0 and tends "
+                      "to 1 only as q* -> 0 (sigma_w = 1 / |phi'(0)|), where the network is linear")
+        elif np.all(values[finite] > 0):
+            reason = "chi < 1 at every fixed point q* in [1e-6, 1e4] (the network is always ordered)"
+        else:
+            reason = "chi > 1 at every fixed point q* in [1e-6, 1e4] (the network is always chaotic)"
+        raise SolverError(
+            f"EOC does not apply to {spec.name!r} in a network with zero biases: {reason}. Use DKS "
+            "or TAT, or 'untransformed'.")
+    lo, hi = scales[change[0]], scales[change[0] + 1]
+    g_lo = values[change[0]]
+    for _ in range(200):  # bisection to rounding error (no scipy.optimize import for this)
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        g_mid = gap([mid])[0]
+        if (g_mid > 0) == (g_lo > 0):
+            lo, g_lo = mid, g_mid
+        else:
+            hi = mid
+    return float(0.5 * (lo + hi))
+
+
 def eoc_transform(name: str) -> TransformedActivation:
-    """The edge-of-chaos baseline: output scale ``1 / sqrt(E[phi'(z)^2])`` (He init for ReLU)."""
+    """The edge-of-chaos baseline for zero biases, written for unit-q inputs (module docstring).
+
+    Raises:
+      SolverError: When the activation has no nontrivial EOC fixed point (for example tanh).
+    """
+    spec = activations.get_activation(name)
     base = TransformedActivation.untransformed(name)
-    scale = 1.0 / math.sqrt(base.local_moments()["c_slope_1"] * base.local_moments()["q_value"])
-    return dataclasses.replace(base, method="EOC", output_scale=scale, param_keys=("output_scale",))
+    if spec.positive_homogeneous:
+        # Every q is a fixed point at sigma_w^2 = 1 / E[phi'(z)^2] = 1 / Q(1): He init for ReLU.
+        scale = 1.0 / math.sqrt(base.local_moments()["q_value"])
+        return dataclasses.replace(base, method="EOC", output_scale=scale, param_keys=("output_scale",))
+    _check_usable(spec, "EOC")
+    a = _eoc_input_scale(spec)
+    act = dataclasses.replace(base, method="EOC", input_scale=a, param_keys=("input_scale",
+                                                                              "output_scale"))
+    # gamma = sigma_w / sqrt(q*) with Q(1) = 1: gamma^2 E[phi(a z)^2] = 1.
+    q1 = act.local_moments()["q_value"]
+    return dataclasses.replace(act, output_scale=1.0 / math.sqrt(q1),
+                               local_targets=(("q_star", a * a), ("sigma_w", math.sqrt(a * a / q1))))
 
 
 def is_leaky_family(name: str) -> bool:
+    """Whether ``name`` is a Leaky-ReLU-shaped piecewise-linear family with a negative slope."""
     spec = activations.get_activation(name)
     return spec.piecewise_linear and "negative_slope" in spec.shape_params
 
@@ -434,11 +802,12 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
               max_slope_func: Callable[[float], float] | None = None,
               max_curv_func: Callable[[float], float] | None = None,
               dks: DKSTargets = DKSTargets(), tat: TATTargets = TATTargets(),
-              search_tol: float = SEARCH_TOL) -> TransformedActivation:
+              search_tol: float = SEARCH_TOL, reference_root: bool = False) -> TransformedActivation:
     """Transforms one activation for a network: the native entry point of the solver.
 
     Args:
-      name: Registered activation family (``dks_jax.list_activations()``).
+      name: Registered activation family (``dks_jax.list_activations()``), or a dotted JAX name such
+        as ``"jnp.sinh"`` or ``"jax.nn.silu"``.
       method: 'DKS', 'TAT', 'EOC' or 'untransformed'.
       network: The network's layer specification; its ``M`` is derived from it. Alternatively pass
         ``subnet_max_func`` (and/or ``max_slope_func``/``max_curv_func``) directly.
@@ -448,13 +817,15 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
       dks: DKS targets.
       tat: TAT targets.
       search_tol: Tolerance of the network-level search (1e-8 reproduces the public implementation).
+      reference_root: Return the root the public ``dks`` package returns rather than the canonical
+        one (same kernel maps; see the module docstring).
 
     Returns:
       The ``TransformedActivation``.
 
     Raises:
       ValueError: Unknown method or activation, invalid targets, missing network description.
-      SolverError: Unreachable targets or no convergence.
+      SolverError: Unreachable targets, an activation the method cannot shape, or no convergence.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods: {', '.join(METHODS)}.")
@@ -467,6 +838,9 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
         if subnet_max_func is not None:
             raise ValueError("Pass either 'network' or 'subnet_max_func', not both.")
         subnet_max_func = network_subnet_max(network)
+        if max_slope_func is None and max_curv_func is None:
+            # The network-level search is a pure function of the network and the targets: reuse it.
+            subnet_max_func = _memo_targets(network)
     if method == "DKS":
         if spec.name == "relu":
             log.warning("The use of ReLUs with DKS is highly discouraged; use Leaky ReLU instead.")
@@ -474,7 +848,7 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
             raise ValueError("DKS needs the network: pass 'network', 'subnet_max_func' or "
                              "'max_slope_func'.")
         s = local_c_slope_target(subnet_max_func, dks.c_slope_1_target, max_slope_func, search_tol)
-        return dks_transform(name, s, dks.local_q_slope_target)
+        return dks_transform(name, s, dks.local_q_slope_target, reference_root=reference_root)
     # TAT.
     if spec.name == "relu":
         raise ValueError("Standard ReLU is not supported with TAT; use 'leaky_relu' (TReLU) instead.")
@@ -487,8 +861,25 @@ def transform(name: str, method: str = "DKS", *, network: graph_lib.Node | None 
     if subnet_max_func is None and max_curv_func is None:
         raise ValueError("TAT with smooth activations needs the network: pass 'network', "
                          "'subnet_max_func' or 'max_curv_func'.")
+    _check_usable(spec, "TAT", values=False)  # before the network-level search: refusals need no network
     k = local_c_curv_target(subnet_max_func, tat.c_curve_target, max_curv_func, search_tol)
-    return tat_smooth_transform(name, k)
+    return tat_smooth_transform(name, k, reference_root=reference_root)
+
+
+class _NetworkSearches:
+    """``M`` of one network, remembering which local targets its searches found (a cache by value)."""
+
+    def __init__(self, m: SubnetMaxFunc):
+        self._m = m
+        self.found: dict[tuple, float] = {}
+
+    def __call__(self, x: float, r: ScalarMap) -> float:
+        return self._m(x, r)
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_targets(network: graph_lib.Node) -> _NetworkSearches:
+    return _NetworkSearches(network_subnet_max(network))
 
 
 @functools.lru_cache(maxsize=256)
@@ -499,5 +890,7 @@ def network_subnet_max(network: graph_lib.Node) -> SubnetMaxFunc:
 
 def clear_caches() -> None:
     """Forgets solved parameters (the next call re-solves; used by the benchmark)."""
-    _solve_local.cache_clear()
+    _search.cache_clear()
     network_subnet_max.cache_clear()
+    _memo_targets.cache_clear()
+    _eoc_input_scale.cache_clear()
