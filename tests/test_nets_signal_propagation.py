@@ -164,6 +164,7 @@ def test_tat_leaky_relu_mlp_expected_q_within_10_percent(mlp_models):
     assert np.abs(expected - 1).max() < Q_TOLERANCE, expected
 
 
+@pytest.mark.slow
 def test_dks_softplus_mlp(mlp_models):
     model, measured = mlp_models["DKS softplus"]
     _, _, steps = _check(model, measured, len(model.spec.layers) - 2, check_q_global=True,

@@ -150,6 +150,7 @@ def test_naive_attention_collapses_the_rank_and_espa_does_not():
     assert last["espa"].rank_meas["min_eig"] > 1e-4 and last["espa"].rank_pred["min_eig"] > 1e-4
 
 
+@pytest.mark.slow
 def test_diagnose_cli_on_a_transformer_config(tmp_path):
     config_file = tmp_path / "lm_test_config.py"
     config_file.write_text(textwrap.dedent("""

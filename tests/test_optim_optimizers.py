@@ -120,6 +120,7 @@ def test_learning_rate_metric_follows_schedule():
         assert float(metrics["learning_rate"]) == pytest.approx(float(sched(t)), abs=1e-7)
 
 
+@pytest.mark.slow
 def test_kfac_with_batch_norm_state_and_burnin():
     loss_fn, params, state, batch = _setup(batch_norm=True, register=True, mask=True)
     # No L2 here: kfac_jax's registered-loss stat (checked below) adds L2 over

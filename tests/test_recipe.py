@@ -90,3 +90,23 @@ def test_command_line_registers_from_the_file(my_activations):
                          capture_output=True, text=True, check=True)
     curv = float(re.search(r"network max C''\(1\) over subnetworks = (\S+)", out.stdout).group(1))
     assert curv == pytest.approx(0.3, abs=1e-8)
+
+
+@pytest.mark.slow
+def test_the_docs_config_file_trains_from_another_folder(tmp_path):
+    """The recipe end to end: the doc's module and config in a project folder, trained by the CLI."""
+    project = tmp_path / "my_project"
+    (project / "configs").mkdir(parents=True)
+    (project / "__init__.py").write_text("")
+    (project / "my_activations.py").write_text(_doc_block("# my_project/my_activations.py"))
+    config = project / "configs" / "tanh_linear.py"
+    config.write_text(_doc_block("# my_project/configs/tanh_linear.py"))
+    repo = DOC.parent.parent
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{repo}"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", f"--config={config}",
+                           f"--workdir={tmp_path / 'run'}", "--config.max_steps=3", "--quiet"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["activation"]["name"] == "tanh_plus_linear"
+    assert summary["activation"]["method"] == "TAT"
