@@ -192,7 +192,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from dks_jax.train import loop, metrics, workdir
     return (configlib.ConfigError, UsageError, workdir.WorkdirBusyError, workdir.ConfigMismatchError,
             loop.TrainingDivergedError, metrics.MetricsFileError, data_errors.DatasetNotFoundError,
-            data_errors.MalformedDatasetError, ValueError)
+            data_errors.MalformedDatasetError, FileNotFoundError, ValueError)
 
 
 def disk_error(err: BaseException) -> OSError | None:
@@ -231,7 +231,7 @@ def main_wrapper(main: Callable[[Sequence[str]], int | None], prog: str) -> None
             try:
                 expected = expected_errors()
             except ImportError:
-                expected = (configlib.ConfigError, UsageError, ValueError)
+                expected = (configlib.ConfigError, UsageError, FileNotFoundError, ValueError)
             if not isinstance(err, expected):
                 raise
             message = one_line(err)

@@ -24,7 +24,6 @@ for the function signature and an example).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -182,11 +181,11 @@ def _anchor(title: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 ok, 1 a table failed, 2 bad arguments)."""
+    """The command line; returns the exit status (0 ok, 1 a table failed); bad arguments raise
+    ``cli.UsageError`` (one line and exit status 2 from the command)."""
+    from experiments import cli  # pylint: disable=g-import-not-at-top
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m experiments.reproduce",
-                                     description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m experiments.reproduce", __doc__.split("\n")[0], epilog=__doc__)
     parser.add_argument("--table", default=None,
                         help="table name, all_<group>, all, or a comma-separated list (see --list)")
     parser.add_argument("--workdir", type=Path, default=None,
@@ -195,7 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the registered tables and exit")
     parser.add_argument("--write_index", type=Path, default=None,
                         help="also write one markdown file gathering every table found in --workdir")
-    args = parser.parse_args(argv)
+    args, overrides = cli.parse(parser, argv)
+    if overrides:
+        raise cli.UsageError("this command takes no --config fields; see --help.")
+    if args.help:
+        print(parser.format_help())
+        return 0
 
     discover_table_modules()
     if args.list:
@@ -204,18 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("groups: " + ", ".join(f"all_{g}" for g in tables.groups()) + ", all")
         return 0
     if args.table is None and args.write_index is None:
-        parser.print_usage(sys.stderr)
-        print("error: give --table=NAME (see --list) and/or --write_index=PATH.", file=sys.stderr)
-        return 2
+        raise cli.UsageError("give --table=NAME (see --list) and/or --write_index=PATH.")
     if args.workdir is None:
-        print("error: --workdir is required.", file=sys.stderr)
-        return 2
+        raise cli.UsageError("--workdir is required.")
     try:
         specs = tables.resolve(args.table.split(",")) if args.table else []
     except tables.UnknownTableError as err:
         extra = "".join(f" (module {m} failed to import: {e})" for m, e in _FAILED_IMPORTS.items())
-        print(f"error: {err}{extra}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"{err}{extra}") from None
 
     command = tables.command_line(argv)
     tables.code_version()  # cached now, so every header reports the code this run started with
@@ -243,4 +243,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from experiments import cli
+    cli.main_wrapper(main, "experiments.reproduce")

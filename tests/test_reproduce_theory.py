@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from experiments import reproduce, tables, theory_tables
+from reference_values import PUBLISHED_ETA_SWEEP_101, PUBLISHED_TAT
 
-# /work/shared/REFERENCE.md, "Published values to reproduce exactly" (kept here independently of the
-# copy in experiments/theory_tables.py, which is checked against it below).
-REFERENCE_TAT_ETA_09 = {50: (0.4259071946, 1.3011191752), 101: (0.5704395324, 1.2284042441),
-                        152: (0.6386479139, 1.1918827707), 200: (0.6789062172, 1.1700454285)}
-REFERENCE_ETA_SWEEP_101 = {0.5: 0.7927, 0.7: 0.717, 0.8: 0.662, 0.9: 0.5704, 0.95: 0.4763, 0.98: 0.3405}
+# The published values (tests/reference_values.py, kept independently of the copy in
+# experiments/theory_tables.py, which is checked against them below).
+REFERENCE_TAT_ETA_09 = PUBLISHED_TAT
+REFERENCE_ETA_SWEEP_101 = PUBLISHED_ETA_SWEEP_101
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -150,10 +150,9 @@ def test_unknown_table_is_a_clear_error(tmp_path, capsys):
     assert "no_such_table" in message
     for valid in ("tat_depth", "eta_sweep", "dks_params", "cmaps", "all_theory", "all"):
         assert valid in message
-    rc = reproduce.main(["--table=tat_depth,no_such_table", f"--workdir={tmp_path}"])
-    assert rc == 2
-    stderr = capsys.readouterr().err
-    assert "Unknown table 'no_such_table'" in stderr and "tat_depth" in stderr
+    from experiments import cli
+    with pytest.raises(cli.UsageError, match="Unknown table 'no_such_table'.*tat_depth"):
+        reproduce.main(["--table=tat_depth,no_such_table", f"--workdir={tmp_path}"])
     assert not list(tmp_path.iterdir())  # nothing ran
 
 

@@ -1,4 +1,4 @@
-"""python -m dks_jax.solve, in process: what it prints against the library and independent values."""
+"""python -m experiments.solve (and its shim dks_jax.solve): output against the library and independent values."""
 
 import json
 import math
@@ -7,7 +7,8 @@ import re
 import pytest
 
 import dks_jax
-from dks_jax import solve
+from experiments import cli
+from experiments import solve
 from dks_jax.kernels import layouts, local_maps
 
 
@@ -67,8 +68,11 @@ def test_eoc_network_slope_is_one(capsys):
     (["--method=EOC", "--activation=tanh"], r"q\* -> 0"),
     (["--register_from=/nonexistent/file.py"], "No such file"),
 ])
-def test_errors_are_one_line_and_exit_2(capsys, argv, match):
-    assert solve.main(argv) == 2
+def test_errors_are_one_line_and_exit_2(capsys, monkeypatch, argv, match):
+    monkeypatch.setattr("sys.argv", ["dks_jax.solve", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli.main_wrapper(solve.main, "dks_jax.solve")
+    assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert err.startswith("dks_jax.solve: error: ") and len(err.strip().splitlines()) == 1
     assert re.search(match, err)

@@ -16,12 +16,9 @@ from dks_jax import activations
 from dks_jax.kernels import graph as g
 from dks_jax.kernels import kinks, layouts, local_maps
 from dks_jax.transforms import solver
+from reference_values import (PUBLISHED_DKS_SLOPES, PUBLISHED_ETA_SWEEP_101, PUBLISHED_TAT,
+                              RESNET101_W06_TAT_LEAKY_ETA_075, SOFTPLUS_DKS, SOFTPLUS_TAT)
 
-# ../shared/REFERENCE.md: TAT Leaky ReLU, eta = 0.9, vanilla ResNet-shaped nets.
-PUBLISHED_TAT = {50: (0.4259071946, 1.3011191752), 101: (0.5704395324, 1.2284042441),
-                 152: (0.6386479139, 1.1918827707), 200: (0.6789062172, 1.1700454285)}
-PUBLISHED_ETA_SWEEP_101 = {0.5: 0.7927, 0.7: 0.717, 0.8: 0.662, 0.9: 0.5704, 0.95: 0.4763, 0.98: 0.3405}
-PUBLISHED_DKS_SLOPES = {49: 1.00830913, 100: 1.00406288, 151: 1.00268881, 199: 1.00203959}
 RESNET101_W06 = layouts.resnet(101, 1000, shortcut_weight=0.6)
 
 
@@ -57,14 +54,9 @@ def test_published_dks_local_slopes(layers):
 
 
 @pytest.mark.parametrize("method,name,targets,expected", [
-    ("TAT", "leaky_relu", dict(tat=solver.TATTargets(c_val_0_target=0.75)),
-     {"negative_slope": 0.6291800290346146, "output_scale": 1.196996549778802}),
-    ("DKS", "softplus", dict(dks=solver.DKSTargets(c_slope_1_target=1.2)),
-     {"input_scale": 0.18761008168267976, "input_shift": 0.40688063442262007,
-      "output_shift": -0.9213466151411376, "output_scale": 8.878672543665223}),
-    ("TAT", "softplus", dict(tat=solver.TATTargets(c_curve_target=0.2)),
-     {"input_scale": 0.15011489794748328, "input_shift": 0.5374599901127068,
-      "output_shift": -0.996481014465811, "output_scale": 10.54880187880574}),
+    ("TAT", "leaky_relu", dict(tat=solver.TATTargets(c_val_0_target=0.75)), RESNET101_W06_TAT_LEAKY_ETA_075),
+    ("DKS", "softplus", dict(dks=solver.DKSTargets(c_slope_1_target=1.2)), SOFTPLUS_DKS),
+    ("TAT", "softplus", dict(tat=solver.TATTargets(c_curve_target=0.2)), SOFTPLUS_TAT),
 ])
 def test_resnet101_regression_values(method, name, targets, expected):
     got = dks_jax.transform(name, method, network=RESNET101_W06, **targets).as_dict()

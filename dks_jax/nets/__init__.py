@@ -20,5 +20,4 @@ __all__ = ["apply_spec", "child_names", "make_forward", "INIT_NAMES", "ScaledUni
            "get_initializer", "haar_orthogonal", "weight_gain", "Model", "build_model", "list_models",
            "model_inputs", "model_spec", "register_model", "resolve_init", "solve_activation"]
 
-# Parameter/MAC arithmetic lives in dks_jax.nets.summary (not imported here so that
-# `python -m dks_jax.nets.summary` runs cleanly).
+# Parameter/MAC arithmetic lives in dks_jax.nets.summary (imported where it is needed).

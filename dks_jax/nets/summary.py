@@ -11,14 +11,13 @@ nothing even for ResNet-200 at 224 x 224. Costs counted:
 * Sequence models (input ``(T,)`` token ids): the embedding counts its one-hot matrix product, attention
   its four projections plus ``Q K^T`` and ``A V``.
 
-Run ``python -m dks_jax.nets.summary`` (or ``scripts/model_summary.py``) for the table.
+``python -m experiments.model_summary`` prints the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from typing import Sequence
 
 from dks_jax.kernels import graph as g
@@ -170,17 +169,3 @@ def markdown_table(rows: Sequence[tuple[str, str, g.Node, Shape]] | None = None)
                      f"{g.count_nonlinear_layers(spec)} | {c.params:,} ({c.params / 1e6:.2f} M) | "
                      f"{c.macs:,} ({c.macs / 1e9:.3f} G) | {c.flops / 1e9:.3f} G |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Prints the table (``python -m dks_jax.nets.summary``)."""
-    del argv
-    print("Parameters and compute per example, counted from the layer specifications. MACs count the "
-          "multiply-accumulates of dense and conv layers only; FLOPs = 2 x MACs. tat_resnet rows use "
-          "shortcut weight 0.8 (projection shortcuts add parameters; the weight itself does not).\n")
-    print(markdown_table())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
