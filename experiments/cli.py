@@ -213,8 +213,20 @@ def disk_error(err: BaseException) -> OSError | None:
     return None
 
 
+def enable_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache (unless something already chose a cache folder).
+
+    Reruns, resumed runs and sweep points compile the same programs again; with the cache they load
+    them instead (seconds to minutes saved per run on a CPU). ``DKS_JAX_XLA_CACHE`` names the folder
+    (default ``~/.cache/dks_jax/xla``, at most 2 GiB); ``DKS_JAX_XLA_CACHE=off`` disables it.
+    """
+    from dks_jax.train import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.enable()
+
+
 def main_wrapper(main: Callable[[Sequence[str]], int | None], prog: str) -> None:
     """Runs ``main(argv)``, turning the user's errors into one line on stderr and exit code 2."""
+    enable_compilation_cache()
     try:
         code = main(sys.argv[1:])
     except KeyboardInterrupt:

@@ -130,7 +130,9 @@ def _train_point(config_json: str, workdir: str, threads: int | None) -> dict[st
                                    " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
                                    f"{threads}").strip()
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from dks_jax.train import loop  # pylint: disable=g-import-not-at-top
+    from dks_jax.train import compilation_cache, loop  # pylint: disable=g-import-not-at-top
+
+    compilation_cache.enable()  # the points of a sweep compile the same programs
 
     config = configlib.base_config()
     configlib.set_fields(config, configlib.flatten(json.loads(config_json), ""))
