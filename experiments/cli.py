@@ -250,9 +250,9 @@ def main_wrapper(main: Callable[[Sequence[str]], int | None], prog: str) -> None
         else:
             message = one_line(disk)
         print(f"{prog}: error: {message}", file=sys.stderr)
-        if disk is not None:
-            # Background writers (TensorBoard's flush at exit, orbax's threads) would only repeat the
-            # error as tracebacks; the run's files are closed and its checkpoints are final.
+        if disk is not None and disk.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Background writers (TensorBoard's flush at exit, orbax's threads) would only repeat a full
+            # disk as tracebacks; the run's files are closed and its checkpoints are final.
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(EXIT_USAGE)  # pylint: disable=protected-access

@@ -84,6 +84,24 @@ def test_failed_set_up_leaves_no_workdir_and_one_line(monkeypatch, capsys, tmp_p
     assert not workdir.exists()
 
 
+def test_read_only_workdir_is_one_line(monkeypatch, capsys, tmp_path):
+    """A workdir that cannot be created (as on a read-only filesystem; the real one is tested below)."""
+    import pathlib
+    real_mkdir = pathlib.Path.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    code, _, err = _run_main(monkeypatch, capsys, "--config=configs/default.py:tiny",
+                             f"--workdir={tmp_path / 'ro' / 'run'}")
+    assert code == 2 and err.strip().splitlines() == [
+        f"experiments.train: error: cannot write {tmp_path / 'ro' / 'run'}: Read-only file system; choose "
+        "a writable --workdir."]
+
+
 def test_disk_errors_behind_library_exceptions_are_recognized():
     full = ValueError("RESOURCE_EXHAUSTED: Error writing ...: No space left on device [os_error_code='28']")
     assert cli.disk_error(full).errno == errno.ENOSPC
