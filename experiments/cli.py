@@ -218,7 +218,7 @@ def enable_compilation_cache() -> None:
 
     Reruns, resumed runs and sweep points compile the same programs again; with the cache they load
     them instead (seconds to minutes saved per run on a CPU). ``DKS_JAX_XLA_CACHE`` names the folder
-    (default ``~/.cache/dks_jax/xla``, at most 2 GiB); ``DKS_JAX_XLA_CACHE=off`` disables it.
+    (default ``~/.cache/dks_jax/xla``); ``DKS_JAX_XLA_CACHE=off`` disables it.
     """
     from dks_jax.train import compilation_cache  # pylint: disable=g-import-not-at-top
     compilation_cache.enable()

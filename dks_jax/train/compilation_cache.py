@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MAX_BYTES = 2 * 2**30
-
 
 def enable() -> str | None:
     """Points JAX at the cache folder (before the first compilation); returns it, or None when off."""
@@ -24,5 +22,4 @@ def enable() -> str | None:
     if folder.strip().lower() in ("", "0", "off", "none"):
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return folder
