@@ -25,6 +25,13 @@ Usage:
 
 from __future__ import annotations
 
+import os
+
+# jaxlib's CPU LAPACK (the factor inverses) runs on scipy's OpenBLAS, whose worker threads spin and
+# stall for up to hundreds of ms when the cores are shared with other processes (30x slower inverses
+# measured here under load). One thread keeps timings stable; set OPENBLAS_NUM_THREADS to override.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import ast
 import collections
@@ -82,16 +89,24 @@ def run_round_robin(pieces: list[Piece], reps: int) -> None:
             piece.run_once()
 
 
-def block_label(block: Any, index: int, first_conv: int) -> str:
-    """Layer type of a curvature block: 'dense', 'conv KxK/S' or 'stem conv KxK/S', and its class."""
-    kind = type(block).__name__
-    params = block._layer_tag_eq.params  # pylint: disable=protected-access
-    if "window_strides" in params:
-        kh, kw = block.parameters_shapes[0][:2]
-        stride = params["window_strides"][0]
-        prefix = "stem conv" if index == first_conv else "conv"
-        return f"{prefix} {kh}x{kw}/{stride} [{kind}]"
-    return f"dense [{kind}]"
+def block_labels(estimator: Any) -> dict[int, str]:
+    """Layer type of every curvature block: 'dense', 'conv KxK/S' or 'stem conv KxK/S' (the module
+    named stem_conv by the builder), with the block's class."""
+    modules = {}
+    for module, leaves in estimator.params_block_index.items():
+        for index in leaves.values():
+            modules[index] = module
+    labels = {}
+    for index, block in enumerate(estimator.blocks):
+        kind = type(block).__name__
+        params = block._layer_tag_eq.params  # pylint: disable=protected-access
+        if "window_strides" in params:
+            kh, kw = block.parameters_shapes[0][:2]
+            prefix = "stem conv" if "stem" in modules.get(index, "") else "conv"
+            labels[index] = f"{prefix} {kh}x{kw}/{params['window_strides'][0]} [{kind}]"
+        else:
+            labels[index] = f"dense [{kind}]"
+    return labels
 
 
 def factor_dims(state: Any) -> str:
@@ -142,7 +157,8 @@ def curvature_vectors(estimator: Any, losses: Any, rng: jax.Array) -> tuple[Any,
     raise ValueError(f"profile: estimation mode {mode!r} is not supported here")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Profiles one case; `argv` defaults to the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", default="convnet", choices=list(CASES))
     parser.add_argument("--batch", type=int, default=0, help="batch size (default: the case's)")
@@ -150,7 +166,7 @@ def main() -> None:
     parser.add_argument("--per_layer", action="store_true", help="also print every block")
     parser.add_argument("--kfac", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="KFACConfig fields (Python literals)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     kfac_fields = dict(num_burnin_steps=0)
     for item in args.kfac:
         key, _, value = item.partition("=")
@@ -239,8 +255,7 @@ def main() -> None:
     whole = list(pieces)
 
     # 6. Per block: factor statistics, inverse, preconditioning.
-    first_conv = next((i for i, b in enumerate(estimator.blocks)
-                       if "window_strides" in b._layer_tag_eq.params), -1)  # pylint: disable=protected-access
+    labels = block_labels(estimator)
     blocks_grads = estimator.params_vector_to_blocks_vectors(grads)
     per_block = []
     for i, (block, b_state, data, vec) in enumerate(zip(estimator.blocks, est_state.blocks_states,
@@ -254,7 +269,7 @@ def main() -> None:
             s, v, identity_weight=identity_weight, power=power, exact_power=use_exact,
             use_cached=True), b_state, vec)
         pieces.extend((stats, inverse, precon))
-        per_block.append((i, block_label(block, i, first_conv), factor_dims(b_state),
+        per_block.append((i, labels[i], factor_dims(b_state),
                           dict(stats=stats, inverse=inverse, precon=precon)))
     print(f"  compiled the per-block pieces of {len(per_block)} blocks; timing round robin", flush=True)
     run_round_robin(pieces, reps)

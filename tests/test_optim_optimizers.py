@@ -1,5 +1,7 @@
 """SGD / Adam / K-FAC behind one step interface: update rules, L2, decrease, BN state."""
 
+import re
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -398,5 +400,28 @@ def test_kfac_update_exact_and_pi_adjusted_inverses(exact, inverse_method, inver
         opt_state = opt.init(params, state, jax.random.PRNGKey(1), batch)
         jaxpr = str(jax.make_jaxpr(lambda p, s: opt.step(p, s, state, jax.random.PRNGKey(1), batch,
                                                          0))(params, opt_state))
-        assert ("cholesky" in jaxpr) == (inverse_method == "cholesky")
-        assert (" lu[" in jaxpr or " lu " in jaxpr) == (inverse_method == "lu")
+        assert bool(re.search(r"= cholesky\b", jaxpr)) == (inverse_method == "cholesky")
+        assert bool(re.search(r"= lu\b", jaxpr)) == (inverse_method == "lu")
+
+
+def test_kfac_refreshes_inverses_only_every_period_steps():
+    """Steps 0, 3, 6... recompute the cached inverses (a program of their own), the others reuse them."""
+    loss_fn, params, state, batch = _linear_softmax_setup()
+    opt = optim.make_optimizer("kfac", loss_fn, 0.1, num_burnin_steps=0, inverse_update_period=3,
+                               curvature_batch_fraction=1.0)
+    rng = jax.random.PRNGKey(1)
+    opt_state = opt.init(params, state, rng, batch)
+    step = opt.jit_step()
+    caches, factors = [], []
+    for t in range(5):
+        params, opt_state, state, _ = step(params, opt_state, state, jax.random.fold_in(rng, t),
+                                           batch, t)
+        block_state = opt_state.estimator_state.blocks_states[0]
+        caches.append(np.array(jax.tree_util.tree_leaves(block_state.cache)[0]))
+        factors.append(np.array(block_state.factors[1].value))
+    assert not np.allclose(factors[0], factors[1])  # the curvature moves every step...
+    np.testing.assert_array_equal(caches[1], caches[0])  # ...the inverses only at refresh steps
+    np.testing.assert_array_equal(caches[2], caches[0])
+    assert not np.allclose(caches[3], caches[2])
+    np.testing.assert_array_equal(caches[4], caches[3])
+    assert len(opt._jitted) == 2  # pylint: disable=protected-access  # refresh and other steps

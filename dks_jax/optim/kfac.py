@@ -2,18 +2,20 @@
 
 How kfac_jax 0.0.8 is driven here (all checked against its source):
 
-* `kfac_jax.Optimizer.step` is a plain Python method; it compiles its inner
-  `_step` with `jax.jit` (`multi_device=False`), staging it with `self` static.
-  Called inside our own `jax.jit` that inner jit simply inlines as a nested
-  call, so `BaseOptimizer.jit_step` wraps K-FAC exactly like SGD/Adam: GSPMD
-  partitions the step over the 'data' axis and inserts the all-reduces of
-  gradients and Kronecker-factor statistics. No pmap, `multi_device=False`.
+* `kfac_jax.Optimizer.step` is a plain Python method; it would compile its
+  inner `_step` with its own `jax.jit` (`multi_device=False`). `KFAC.step`
+  calls it inside kfac_jax's staging context, where kfac_jax's staged methods
+  run inline, so `BaseOptimizer.jit_step` traces and compiles K-FAC exactly
+  like SGD/Adam: GSPMD partitions the step over the 'data' axis and inserts
+  the all-reduces of gradients and Kronecker-factor statistics. No pmap,
+  `multi_device=False`.
 * Under tracing `step` needs `global_step_int` (otherwise it calls
   `int(state.step_counter)`); it uses that int only for Python-level choices:
   burn-in at step 0, whether to update the curvature estimate this step
-  (`step % curvature_update_period == 0`) and whether to adapt damping.
-  `static_key` captures exactly those choices, so one executable is compiled
-  per distinct key (one in the default configuration).
+  (`step % curvature_update_period == 0`) and whether to adapt damping. We add
+  one: whether this step refreshes the inverses (`_Optimizer`). `static_key`
+  captures exactly those choices, so one executable is compiled per distinct
+  key (two in the default configuration: refresh steps and the others).
 * Burn-in inside `step` needs a data iterator, so kfac_jax is always built with
   `num_burnin_steps=0` and `burnin()` runs the `num_burnin_steps` curvature-only
   passes separately, via kfac_jax's `_burnin_phase` (a private method of 0.0.8;
@@ -28,7 +30,7 @@ measures each piece):
 * The curvature estimate needs a second forward pass and a backward pass of
   sampled vectors (kfac_jax's estimator does not share the loss's pass), then
   per-layer factor statistics. `curvature_batch_fraction` runs all of that on
-  a strided sub-batch (`_SubBatchOptimizer`): the factors are averages over
+  a strided sub-batch (`_Optimizer`): the factors are averages over
   examples, so a sub-batch gives an unbiased, noisier estimate, and the moving
   average over steps (`curvature_ema`) smooths the noise.
 * A conv layer's input factor is the second moment of its (kh*kw*C_in)-long
@@ -37,13 +39,16 @@ measures each piece):
   slower than extracting the patches and doing one matrix product, which
   `conv_factor_stats="patches"` (`PatchesConv2DKroneckerFactored`) does. It
   gives the same matrix (tested), at the memory cost of the patches.
-* Inverses are recomputed every `inverse_update_period` steps inside the one
-  compiled program (a `lax.cond`), so their cost is amortised over the period.
+* Inverses are recomputed every `inverse_update_period` steps, by a program of
+  their own (see `_Optimizer` for why not a `lax.cond`), so their cost is
+  amortised over the period. `inverse_method="cholesky"` compiles faster than
+  kfac_jax's LU inverses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -217,26 +222,67 @@ def sub_batch(batch: Any, stride: int) -> Any:
     return jax.tree_util.tree_map(take, batch)
 
 
-class _SubBatchOptimizer(kfac_jax.Optimizer):
-    """kfac_jax.Optimizer whose curvature estimate sees every `stride`-th example.
+class _Optimizer(kfac_jax.Optimizer):
+    """kfac_jax.Optimizer with a curvature sub-batch and no whole-state conditionals.
 
-    kfac_jax 0.0.8 routes every curvature update (steps and burn-in) through
-    `_update_estimator_curvature(estimator_state, func_args, ...)` with the
-    batch last in `func_args`, and takes the batch size it normalises by from
-    that batch; the loss, gradients, step counters and `data_seen` use the
-    full batch.
+    * Every curvature update (steps and burn-in) goes through
+      `_update_estimator_curvature(estimator_state, func_args, ...)` with the
+      batch last in `func_args`, and kfac_jax takes the batch size it
+      normalises by from that batch: replacing the batch by every
+      `curvature_stride`-th example there is all a sub-batch needs. The loss,
+      gradients, step counter and `data_seen` keep the full batch.
+    * kfac_jax wraps two updates of the whole estimator state (factors and
+      cached inverses) in `lax.cond`s on the traced step counter: the
+      cross-device sync after a curvature update, and the inverse refresh.
+      XLA's CPU backend copies (and re-lays out) every operand of those
+      conditionals at every step, about 1 GB per step for the 50 x 512 MLP.
+      Without pmap (always here: `multi_device=False`) the sync does nothing,
+      so it is skipped; and when the caller says, with `static_refresh`,
+      whether the step being traced refreshes the inverses, that is decided in
+      Python (one compiled program for refresh steps, one for the others).
     """
 
     def __init__(self, *, curvature_stride: int, **kwargs: Any) -> None:
         self._curvature_stride = curvature_stride
+        # The refresh decision of the step being traced (None: kfac_jax's traced cond). A list,
+        # because attributes cannot be reassigned once kfac_jax has finalized the object.
+        self._static_refresh: list[Optional[bool]] = [None]
         super().__init__(**kwargs)
         self.finalize()  # kfac_jax finalizes only instances of exactly its own class
+
+    @contextlib.contextmanager
+    def static_refresh(self, refresh: Optional[bool]) -> Iterator[None]:
+        """Within the block, traced steps refresh the inverses iff `refresh` (None: traced)."""
+        previous, self._static_refresh[0] = self._static_refresh[0], refresh
+        try:
+            yield
+        finally:
+            self._static_refresh[0] = previous
 
     def _update_estimator_curvature(self, estimator_state, func_args, rng, ema_old, ema_new,
                                     precon_damping, sync=True):
         func_args = (*func_args[:-1], sub_batch(func_args[-1], self._curvature_stride))
-        return super()._update_estimator_curvature(estimator_state, func_args, rng, ema_old,
-                                                   ema_new, precon_damping, sync)
+        if self.multi_device:
+            return super()._update_estimator_curvature(estimator_state, func_args, rng, ema_old,
+                                                       ema_new, precon_damping, sync)
+        return self._estimator.update_curvature_matrix_estimate(
+            state=estimator_state, ema_old=ema_old, ema_new=ema_new,
+            identity_weight=self._l2_reg + precon_damping,
+            batch_size=self._batch_size_extractor(func_args[-1]), rng=rng, func_args=func_args,
+            pmap_axis_name=self.pmap_axis_name)
+
+    def _maybe_update_inverse_cache(self, state, precon_damping):
+        refresh = self._static_refresh[0]
+        if refresh is None:
+            return super()._maybe_update_inverse_cache(state, precon_damping)
+        if not (refresh and self._use_cached_inverses):
+            return state
+        state = state.copy()
+        state.estimator_state = self._estimator.update_cache(
+            state.estimator_state, identity_weight=self._l2_reg + precon_damping,
+            exact_powers=self._exact_powers_to_cache, approx_powers=self._approx_powers_to_cache,
+            eigenvalues=False, pmap_axis_name=self.pmap_axis_name)
+        return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +383,7 @@ class KFAC(base.BaseOptimizer):
         adaptive_lr = config.use_adaptive_learning_rate
         adaptive_mom = config.use_adaptive_momentum
         adaptive_damp = config.use_adaptive_damping
-        self._kfac = _SubBatchOptimizer(
+        self._kfac = _Optimizer(
             curvature_stride=config.curvature_stride,
             value_and_grad_func=jax.value_and_grad(self._objective, has_aux=True),
             l2_reg=l2_reg,
@@ -393,20 +439,25 @@ class KFAC(base.BaseOptimizer):
         return self._kfac.init(params, rng, self.curvature_batch(batch), func_state)
 
     def static_key(self, global_step: int) -> Hashable:
-        """(update curvature this step?, adapt damping this step?)."""
+        """(update curvature this step?, adapt damping this step?, refresh inverses this step?)."""
         cfg = self.config
         update_curvature = global_step % cfg.curvature_update_period == 0
         update_damping = (cfg.use_adaptive_damping
                           and (global_step + 1) % cfg.damping_adaptation_interval == 0)
-        return (update_curvature, update_damping)
+        refresh = cfg.inverse_update_period > 1 and global_step % cfg.inverse_update_period == 0
+        return (update_curvature, update_damping, refresh)
 
     def step(self, params: base.Params, opt_state: kfac_jax.Optimizer.State,
              func_state: base.FuncState, rng: base.PRNGKey, batch: base.Batch,
              global_step: int) -> base.StepOutput:
         """One K-FAC step; `global_step` must equal the optimizer's step counter."""
-        new_params, new_state, new_func_state, stats = self._kfac.step(
-            params, opt_state, rng, batch=batch, func_state=func_state,
-            global_step_int=int(global_step))
+        # In kfac_jax's staging context its own jitted methods run inline, traced by our
+        # jit, so that the Python refresh decision below reaches the traced step (kfac_jax's
+        # inner jit would otherwise reuse whichever program it traced first).
+        with self._kfac.staging_context(), self._kfac.static_refresh(self.static_key(global_step)[2]):
+            new_params, new_state, new_func_state, stats = self._kfac.step(
+                params, opt_state, rng, batch=batch, func_state=func_state,
+                global_step_int=int(global_step))
         stats = dict(stats)
         metrics = dict(stats.pop("aux"))
         clash = set(metrics).intersection(stats).difference({"loss"})
