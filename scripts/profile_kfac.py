@@ -4,7 +4,8 @@ Builds a network with ``dks_jax.nets.build_model`` and K-FAC with ``dks_jax.opti
 training loop, no config module), on random 32x32x3 inputs with 10 classes, and times separately, each
 under its own ``jax.jit``:
 
-  * the whole K-FAC step (a step that refreshes the inverses and one that does not) and SGD's step;
+  * the whole K-FAC step (step 0, which refreshes the inverses, and step 1, which does not: two
+    programs) and SGD's step;
   * the loss's forward/backward pass (what SGD pays);
   * the curvature pass: the estimator's own forward pass and the backward pass of the sampled loss
     "half-factor" vectors (``ggn_curvature_prop``), which yield every layer's inputs and output tangents;
@@ -204,19 +205,17 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
         return piece
 
-    # 1. Whole steps. The K-FAC step refreshes the inverses when its step counter is a multiple of the
-    # inverse period (a lax.cond inside one program): run it at counter 0 (refresh) and 1 (none).
-    def kfac_step(p, s, f, r, b):
-        return kfac.step(p, s, f, r, b, 1)
-
+    # 1. Whole steps. Steps whose counter is a multiple of the inverse period refresh the inverses
+    # (when it is > 1, with a program of their own): step 0 does, step 1 does not.
     add("SGD step", lambda p, s, f, r, b: sgd.step(p, s, f, r, b, 1), params,
         sgd.init(params, func_state, rng, batch), func_state, rng, batch)
-    add("K-FAC step, inverse refresh", kfac_step, params, kfac_state, func_state, rng, batch)
+    add("K-FAC step 0 (inverse refresh)", lambda p, s, f, r, b: kfac.step(p, s, f, r, b, 0),
+        params, kfac_state, func_state, rng, batch)
     if cfg.inverse_update_period > 1:
         state_1 = kfac_state.copy()
         state_1.step_counter = jnp.asarray(1, state_1.step_counter.dtype)
-        # Same program as the refresh step: jax reuses its compilation (compile time ~0 here).
-        add("K-FAC step, no refresh", kfac_step, params, state_1, func_state, rng, batch)
+        add("K-FAC step 1 (no refresh)", lambda p, s, f, r, b: kfac.step(p, s, f, r, b, 1),
+            params, state_1, func_state, rng, batch)
 
     # 2. The loss's forward/backward pass.
     objective = optim.with_l2(loss_fn, L2_REG)
