@@ -287,7 +287,18 @@ class _Optimizer(kfac_jax.Optimizer):
 
 @dataclasses.dataclass(frozen=True)
 class KFACConfig:
-    """K-FAC hyper-parameters; defaults are the public ImageNet K-FAC settings.
+    """K-FAC hyper-parameters.
+
+    The first group's defaults are the public ImageNet K-FAC settings. The
+    cost settings (`curvature_batch_fraction` to `inverse_method`) were chosen
+    with `scripts/profile_kfac.py` and `scripts/bench_train.py` on 2 CPU cores,
+    keeping only what did not cost accuracy: on MNIST
+    (`configs/mnist.py:optimizer=kfac`, 2 epochs) the test accuracy with a
+    curvature sub-batch of 1/4, 1/2 and the whole batch was 97.38%, 97.58% and
+    97.45% (seed 0), against 97.49% before these settings existed; runs that
+    differ only by rounding differ by as much. The explicit-patch statistics,
+    the Cholesky inverses and the refresh programs compute the same update as
+    kfac_jax's defaults up to rounding (tested).
 
     Attributes:
         damping: Fixed damping (initial damping if `use_adaptive_damping`).
