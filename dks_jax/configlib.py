@@ -100,6 +100,12 @@ def positive_numbers(v: Any) -> str | None:
     return None if ok else "must be positive numbers"
 
 
+def unit_fraction(v: Any) -> str | None:
+    """``1 / k`` for a whole k >= 1 (a stride through the batch)."""
+    ok = _num(v) and 0 < v <= 1 and abs(round(1 / v) * v - 1) < 1e-6
+    return None if ok else "must be 1/k for a whole k >= 1 (1, 0.5, 0.25, ...)"
+
+
 # Registries, imported when a config is checked (not when this module is imported).
 def _models() -> list[str]:
     from dks_jax import nets
@@ -237,6 +243,16 @@ SCHEMA: tuple[Field, ...] = (
           "(None = unbounded)", optional(greater_than(0.0)), kind=float),
     Field("optimizer.kfac.num_burnin_steps", 5, "K-FAC: curvature-only passes before step 0",
           at_least(0)),
+    Field("optimizer.kfac.curvature_batch_fraction", 0.25, "K-FAC: fraction of the batch (1/k, every "
+          "k-th example) the curvature is estimated on", unit_fraction),
+    Field("optimizer.kfac.conv_block", "kron", "K-FAC block of conv layers: kron (Kronecker-factored) "
+          "or diag", one_of(("kron", "diag"))),
+    Field("optimizer.kfac.dense_block", "kron", "K-FAC block of dense layers: kron or diag",
+          one_of(("kron", "diag"))),
+    Field("optimizer.kfac.conv_factor_stats", "patches", "K-FAC conv input factor: patches (explicit "
+          "patches, one matmul) or kfac_jax (its convolution loop)", one_of(("patches", "kfac_jax"))),
+    Field("optimizer.kfac.inverse_method", "cholesky", "K-FAC factor inverses: cholesky or lu",
+          one_of(("cholesky", "lu"))),
     Field("learning_rate", 0.1, "peak learning rate (the schedule scales it)", greater_than(0.0)),
     Field("weight_decay", 0.0, "L2 coefficient on weights (biases excluded), all optimizers",
           at_least(0.0)),

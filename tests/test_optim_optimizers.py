@@ -1,5 +1,7 @@
 """SGD / Adam / K-FAC behind one step interface: update rules, L2, decrease, BN state."""
 
+import re
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -212,3 +214,219 @@ def test_jit_step_rejects_explicit_mesh():
     with pytest.raises(ValueError, match="data"):
         opt.jit_step(jax.make_mesh((1,), ("batch",),
                                    axis_types=(jax.sharding.AxisType.Auto,)))
+
+
+# ---------------------------------------------------------------------------------------------
+# K-FAC's cost settings: curvature sub-batch, block types, conv factor statistics, inverses.
+
+
+def _kfac_block(opt, module, name="w"):
+    """The curvature block (and its index) of parameter `module/name` in a K-FAC optimizer."""
+    estimator = opt.kfac_optimizer._estimator  # pylint: disable=protected-access
+    index = estimator.params_block_index[module][name]
+    return index, estimator.blocks[index]
+
+
+def _one_kfac_step(loss_fn, params, state, batch, lr=0.1, **kfac_fields):
+    opt = optim.make_optimizer("kfac", loss_fn, lr, num_burnin_steps=0, **kfac_fields)
+    rng = jax.random.PRNGKey(1)
+    opt_state = opt.init(params, state, rng, batch)
+    train_state, metrics = opt.jit_step()(optim.TrainState.create(params, state, opt_state), rng,
+                                          batch)
+    return opt, train_state.params, train_state.opt_state, metrics
+
+
+def _with_ones(x):
+    return np.concatenate([x, np.ones((x.shape[0], 1), x.dtype)], axis=1)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_kfac_curvature_is_estimated_on_the_sub_batch(fraction):
+    loss_fn, params, state, batch = _setup(register=True, batch_size=16)
+    params_copy = jax.tree_util.tree_map(np.array, params)
+    opt, _, opt_state, metrics = _one_kfac_step(loss_fn, params_copy, state, batch,
+                                                curvature_batch_fraction=fraction)
+    # The first layer's input factor is the second moment of [x, 1] over the examples the
+    # curvature saw: every 1/fraction-th one.
+    index, _ = _kfac_block(opt, "linear")
+    factor = np.asarray(opt_state.estimator_state.blocks_states[index].factors[0].value)
+    x_sub = _with_ones(batch["x"][::round(1 / fraction)])
+    np.testing.assert_allclose(factor, x_sub.T @ x_sub / len(x_sub), rtol=1e-5, atol=1e-6)
+    if fraction < 1:
+        x_all = _with_ones(batch["x"])
+        assert np.abs(factor - x_all.T @ x_all / len(x_all)).max() > 1e-2
+    # The loss, gradient and data count still use the whole batch.
+    assert int(metrics["data_seen"]) == 16
+    assert float(metrics["loss"]) == pytest.approx(float(jax.jit(loss_fn)(
+        params, state, jax.random.PRNGKey(1), batch)[0]), rel=1e-5)
+
+
+def test_kfac_config_rejects_bad_cost_settings():
+    for fields in (dict(curvature_batch_fraction=0.3), dict(curvature_batch_fraction=0.0),
+                   dict(conv_block="full"), dict(dense_block="kronecker"),
+                   dict(conv_factor_stats="loop"), dict(inverse_method="qr")):
+        with pytest.raises(ValueError):
+            optim.KFACConfig(**fields)
+    with pytest.raises(ValueError, match="extra_kwargs"):
+        optim.KFACConfig(extra_kwargs={"layer_tag_to_block_ctor": {}})
+    loss_fn, params, state, batch = _setup(register=True, batch_size=6)
+    opt = optim.make_optimizer("kfac", loss_fn, 0.1, num_burnin_steps=0)  # stride 4 does not divide 6
+    with pytest.raises(ValueError, match="multiple of the stride 4"):
+        opt.jit_step()(optim.TrainState.create(
+            params, state, opt.init(params, state, jax.random.PRNGKey(0), batch)),
+            jax.random.PRNGKey(0), batch)
+
+
+def _conv_setup(batch_size=4):
+    """Two convolutions reading the input directly (one 3x3/1 with bias, one 3x3/2 without) on
+    7x6 images, so both input factors are functions of the data alone."""
+
+    def net(x):
+        a = hk.Conv2D(4, 3, stride=1, name="conv_s1")(x)
+        b = hk.Conv2D(5, 3, stride=2, with_bias=False, name="conv_s2")(x)
+        flat = [jax.nn.tanh(h).reshape(h.shape[0], -1) for h in (a, b)]
+        return hk.Linear(NUM_CLASSES, name="logits")(jnp.concatenate(flat, axis=1))
+
+    model = hk.transform_with_state(net)
+    rs = np.random.RandomState(0)
+    x = rs.randn(batch_size, 7, 6, 2).astype(np.float32)
+    batch = {"x": x, "y": rs.randint(0, NUM_CLASSES, batch_size).astype(np.int32)}
+
+    def loss_fn(params, state, rng, batch):
+        logits, new_state = model.apply(params, state, rng, batch["x"])
+        loss = optim.classification_loss(logits, batch["y"], label_smoothing=0.0,
+                                         num_classes=NUM_CLASSES, register_for_kfac=True)
+        return loss, (new_state, {})
+
+    params, state = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    return loss_fn, params, state, batch
+
+
+def _patch_second_moment(x, kernel, stride, bias):
+    """By hand: mean over examples and output locations of p p^T, p the (kh, kw, C)-ordered patch
+    under XLA's SAME padding (low side gets the smaller half), with a trailing 1 for a bias."""
+    n, h, w, _ = x.shape
+    pads = []
+    for size in (h, w):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads.append((out, total // 2, total - total // 2))
+    (out_h, lo_h, hi_h), (out_w, lo_w, hi_w) = pads
+    xp = np.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+    patches = np.concatenate([
+        xp[:, i * stride:i * stride + kernel, j * stride:j * stride + kernel, :].reshape(n, -1)
+        for i in range(out_h) for j in range(out_w)])
+    if bias:
+        patches = _with_ones(patches)
+    return patches.T @ patches / len(patches)
+
+
+@pytest.mark.parametrize("conv_factor_stats,block_class", [
+    ("patches", "PatchesConv2DKroneckerFactored"),
+    ("kfac_jax", "Conv2DKroneckerFactored"),
+])
+def test_kfac_conv_input_factor_matches_patches_by_hand(conv_factor_stats, block_class):
+    loss_fn, params, state, batch = _conv_setup()
+    opt, _, opt_state, _ = _one_kfac_step(loss_fn, params, state, batch, curvature_batch_fraction=1.0,
+                                          conv_factor_stats=conv_factor_stats)
+    for module, stride, bias, c_out in (("conv_s1", 1, True, 4), ("conv_s2", 2, False, 5)):
+        index, block = _kfac_block(opt, module)
+        assert type(block).__name__ == block_class
+        factors = opt_state.estimator_state.blocks_states[index].factors
+        expected = _patch_second_moment(batch["x"], 3, stride, bias)
+        assert factors[0].value.shape == (9 * 2 + bias,) * 2 and factors[1].value.shape == (c_out,) * 2
+        np.testing.assert_allclose(np.asarray(factors[0].value), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("conv_block,dense_block,conv_class,dense_class", [
+    ("kron", "kron", "PatchesConv2DKroneckerFactored", "DenseKroneckerFactored"),
+    ("diag", "diag", "Conv2DDiagonal", "DenseDiagonal"),
+])
+def test_kfac_block_types(conv_block, dense_block, conv_class, dense_class):
+    loss_fn, params, state, batch = _conv_setup()
+    opt, new_params, opt_state, _ = _one_kfac_step(loss_fn, params, state, batch,
+                                                   conv_block=conv_block, dense_block=dense_block,
+                                                   curvature_batch_fraction=1.0)
+    for module, cls in (("conv_s1", conv_class), ("conv_s2", conv_class), ("logits", dense_class)):
+        index, block = _kfac_block(opt, module)
+        assert type(block).__name__ == cls
+        block_state = opt_state.estimator_state.blocks_states[index]
+        if conv_block == "diag":  # one diagonal per parameter, shaped like it
+            shapes = sorted(d.value.shape for d in block_state.diagonal_factors)
+            assert shapes == sorted(p.shape for p in params[module].values())
+            assert all(np.all(np.asarray(d.value) >= 0) for d in block_state.diagonal_factors)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(new_params))
+
+
+def _linear_softmax_setup(batch_size=16):
+    model = hk.transform_with_state(lambda x: hk.Linear(NUM_CLASSES, with_bias=False)(x))
+    rs = np.random.RandomState(3)
+    batch = {"x": rs.randn(batch_size, 5).astype(np.float32),
+             "y": rs.randint(0, NUM_CLASSES, batch_size).astype(np.int32)}
+
+    def loss_fn(params, state, rng, batch):
+        logits, new_state = model.apply(params, state, rng, batch["x"])
+        loss = optim.classification_loss(logits, batch["y"], label_smoothing=0.0,
+                                         num_classes=NUM_CLASSES, register_for_kfac=True)
+        return loss, (new_state, {})
+
+    params, state = jax.jit(model.init)(jax.random.PRNGKey(0), batch["x"])
+    return loss_fn, params, state, batch
+
+
+@pytest.mark.parametrize("inverse_update_period", [1, 50])  # computed in place / from the cache
+@pytest.mark.parametrize("exact,inverse_method", [(False, "cholesky"), (False, "lu"),
+                                                  (True, "cholesky")])
+def test_kfac_update_exact_and_pi_adjusted_inverses(exact, inverse_method, inverse_update_period):
+    """Step 0 of momentum-free K-FAC on a linear softmax model, against the formulas:
+    exact: (A kron G + d I)^-1 g; pi-adjusted: (A + pi sqrt(d) I)^-1 g (G + sqrt(d) / pi I)^-1
+    with pi^2 = (tr A / dim A) / (tr G / dim G); A, G the factors in the state after the step."""
+    loss_fn, params, state, batch = _linear_softmax_setup()
+    lr, damping = 0.5, 0.1
+    g = np.asarray(jax.grad(lambda p: loss_fn(p, state, None, batch)[0])(params)["linear"]["w"])
+    w0 = np.array(params["linear"]["w"])
+    opt, new_params, opt_state, _ = _one_kfac_step(
+        loss_fn, params, state, batch, lr=lr, momentum=0.0, damping=damping, norm_constraint=None,
+        use_exact_inverses=exact, inverse_update_period=inverse_update_period,
+        inverse_method=inverse_method, curvature_batch_fraction=1.0)
+    a, gg = (np.asarray(f.value, np.float64)
+             for f in opt_state.estimator_state.blocks_states[0].factors)
+    if exact:
+        sa, qa = np.linalg.eigh(a)
+        sg, qg = np.linalg.eigh(gg)
+        direction = qa @ ((qa.T @ g @ qg) / (np.outer(sa, sg) + damping)) @ qg.T
+    else:
+        pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(gg) / len(gg)))
+        root = np.sqrt(damping)
+        direction = (np.linalg.inv(a + pi * root * np.eye(len(a))) @ g
+                     @ np.linalg.inv(gg + root / pi * np.eye(len(gg))))
+    np.testing.assert_allclose(np.asarray(new_params["linear"]["w"]) - w0, -lr * direction,
+                               rtol=2e-4, atol=1e-6)
+    if not exact:  # the factors are inverted by the chosen decomposition
+        opt_state = opt.init(params, state, jax.random.PRNGKey(1), batch)
+        jaxpr = str(jax.make_jaxpr(lambda p, s: opt.step(p, s, state, jax.random.PRNGKey(1), batch,
+                                                         0))(params, opt_state))
+        assert bool(re.search(r"= cholesky\b", jaxpr)) == (inverse_method == "cholesky")
+        assert bool(re.search(r"= lu\b", jaxpr)) == (inverse_method == "lu")
+
+
+def test_kfac_refreshes_inverses_only_every_period_steps():
+    """Steps 0, 3, 6... recompute the cached inverses (a program of their own), the others reuse them."""
+    loss_fn, params, state, batch = _linear_softmax_setup()
+    opt = optim.make_optimizer("kfac", loss_fn, 0.1, num_burnin_steps=0, inverse_update_period=3,
+                               curvature_batch_fraction=1.0)
+    rng = jax.random.PRNGKey(1)
+    train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, batch))
+    step = opt.jit_step()
+    caches, factors = [], []
+    for t in range(5):
+        train_state, _ = step(train_state, jax.random.fold_in(rng, t), batch)
+        block_state = train_state.opt_state.estimator_state.blocks_states[0]
+        caches.append(np.array(jax.tree_util.tree_leaves(block_state.cache)[0]))
+        factors.append(np.array(block_state.factors[1].value))
+    assert not np.allclose(factors[0], factors[1])  # the curvature moves every step...
+    np.testing.assert_array_equal(caches[1], caches[0])  # ...the inverses only at refresh steps
+    np.testing.assert_array_equal(caches[2], caches[0])
+    assert not np.allclose(caches[3], caches[2])
+    np.testing.assert_array_equal(caches[4], caches[3])
+    assert len(opt._jitted) == 2  # pylint: disable=protected-access  # refresh and other steps
