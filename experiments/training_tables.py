@@ -1,15 +1,20 @@
-"""Training tables: test accuracy against depth per method and optimizer, from real training runs.
+"""Training tables: test accuracy against depth per method and optimizer, every row tuned on validation.
 
-``mnist_depth`` and ``fashion_mnist_depth`` train vanilla MLPs of depth {10, 50, 100} with
-{TAT Leaky ReLU, TAT softplus, DKS softplus, EOC ReLU, untransformed ReLU with standard init} and the
-batch-norm residual MLP of the same depth, each with SGD and K-FAC, on the real idx files in
-``../shared/data``. ``--quick`` (2 CPU cores, well within an hour for both tables) trains width-128 nets
-for half an epoch; the full mode trains width-256 nets for 2 epochs. The papers' claims to check: TAT
-stays close to the ResNet and does not degrade with depth; EOC does degrade.
+The papers' protocol: every (method, optimizer, depth) row gets its own learning rate (and K-FAC damping),
+chosen by a sweep on a validation split held out of the training set (``dks_jax.train.sweep``); the chosen
+point is then trained again with more seeds, and the table gives the mean and spread of the test accuracy
+and of the final training loss over the seeds. The batch-norm baseline is tuned the same way, on its own
+grid. The claims lines are computed from the rows.
 
-``cifar10_depth`` and ``imagenet_depth`` are launch tables for accelerators: they list the exact
-commands (configs/cifar10.py, configs/imagenet.py) and the expected run time per row, and fill in the
-accuracy of every row whose run directory already holds a ``summary.json``.
+``mnist_depth`` / ``fashion_mnist_depth``: vanilla MLPs of depth {10, 50, 100} with TAT Leaky ReLU, TAT
+softplus, DKS softplus, EOC ReLU, untransformed ReLU with standard init, and the batch-norm residual MLP.
+``cifar10_quick_depth``: ResNet-18/34-shaped convnets at reduced width (vanilla TAT Leaky ReLU, DKS
+softplus, EOC ReLU, TAT-ResNet, batch-norm ResNet-V2). ``--quick`` shrinks grids, widths and epochs to fit
+2 CPU cores and says so in the table; every finished run is reused, so an interrupted table resumes.
+
+``cifar10_depth`` and ``imagenet_depth`` are launch tables for the full budgets (accelerators): the exact
+commands and expected run times, with the accuracy of every row whose run directory already holds a
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -18,209 +23,338 @@ import dataclasses
 import json
 import math
 import re
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from configs import mnist as mnist_config
 from experiments import tables
 
-DEPTHS = (10, 50, 100)
-# (row label, config fields). TAT's eta = 0.9 is unreachable with 10 Leaky ReLU layers (their maximal
-# C(0) is 0.87), so the 10-layer row uses eta = 0.8.
-METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("TAT leaky_relu", dict(model="mlp", method="TAT", activation="leaky_relu")),
-    ("TAT softplus", dict(model="mlp", method="TAT", activation="softplus")),
-    ("DKS softplus", dict(model="mlp", method="DKS", activation="softplus")),
-    ("EOC relu", dict(model="mlp", method="EOC", activation="relu")),
-    ("untransformed relu (standard init)", dict(model="mlp", method="untransformed",
-                                                activation="relu", init="lecun_normal")),
-    ("ResNet + BN (relu)", dict(model="residual_mlp_bn", method="untransformed", activation="relu",
-                                init="he_normal")),
-)
-OPTIMIZERS = ("sgd", "kfac")
-# One setting per optimizer for every row, no per-row tuning. The K-FAC damping is configs/mnist.py's
-# (tuned on MNIST with the 50-layer TAT Leaky ReLU MLP). Its peak learning rate of 0.01 (tuned at depth 50)
-# diverges for TAT at depth 100 (and for TAT softplus at depth 50 with width 128) within half an epoch;
-# 0.003 trains every depth (depth-100 TAT Leaky ReLU, width 128, half an epoch: 0.916 with SGD, 0.932
-# with K-FAC).
-LEARNING_RATE = {"sgd": 0.003, "kfac": 0.003}
 KFAC_DAMPING = mnist_config.KFAC_DAMPING
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
-    """How much each row trains.
+class Method:
+    """One method of a table.
 
     Attributes:
-      width: Units per hidden layer.
-      num_epochs: Epochs (the cosine schedule spans them).
-      overrides: Further config fields (the tests shrink the runs with these).
+      label: Row label.
+      fields: Config fields that make the method (model, method, activation, init, ...).
+      grid: Which learning-rate grid tunes it ('vanilla' or 'bn': batch norm tolerates larger rates).
     """
 
-    width: int
-    num_epochs: float
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label: str
+    fields: Mapping[str, Any]
+    grid: str = "vanilla"
 
-    def describe(self) -> str:
-        epochs = "half an epoch" if self.num_epochs == 0.5 else f"{self.num_epochs:g} epochs"
-        return f"width {self.width}, {epochs}"
-
-
-QUICK = Budget(width=128, num_epochs=0.5)
-FULL = Budget(width=256, num_epochs=2.0)
+    def __hash__(self) -> int:  # rows are keyed by method; labels are unique within a table
+        return hash(self.label)
 
 
-def row_config(dataset: str, depth: int, fields: dict[str, Any], optimizer: str, budget: Budget):
-    """The locked training config of one row."""
-    from dks_jax import configlib
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a depth table trains and tunes its rows.
+
+    Attributes:
+      depths: Depths of the rows (config.depth).
+      methods: The methods.
+      optimizers: Optimizer names.
+      fields: Config fields every row shares (width, epochs, batch size, schedule, ...).
+      learning_rates: ``{(optimizer, grid): rates}`` swept on validation.
+      dampings: K-FAC dampings swept together with the rates.
+      seeds: Seeds of the chosen point (the first is the tuning seed).
+      parallel: Points trained at once (one XLA thread each when > 1).
+      description: One line on the budget (printed above the table).
+    """
+
+    depths: tuple[int, ...]
+    methods: tuple[Method, ...]
+    optimizers: tuple[str, ...]
+    fields: Mapping[str, Any]
+    learning_rates: Mapping[tuple[str, str], tuple[float, ...]]
+    dampings: tuple[float, ...] = (KFAC_DAMPING,)
+    seeds: tuple[int, ...] = (0, 1)
+    parallel: int = 2
+    description: str = ""
+
+    def axes(self, optimizer: str, method: Method) -> dict[str, list[Any]]:
+        axes: dict[str, list[Any]] = {"learning_rate": list(self.learning_rates[(optimizer, method.grid)])}
+        if optimizer == "kfac" and len(self.dampings) > 1:
+            axes["optimizer.kfac.damping"] = list(self.dampings)
+        return axes
+
+
+MLP_METHODS = (
+    Method("TAT leaky_relu", dict(model="mlp", method="TAT", activation="leaky_relu")),
+    Method("TAT softplus", dict(model="mlp", method="TAT", activation="softplus")),
+    Method("DKS softplus", dict(model="mlp", method="DKS", activation="softplus")),
+    Method("EOC relu", dict(model="mlp", method="EOC", activation="relu")),
+    Method("untransformed relu (standard init)", dict(model="mlp", method="untransformed", activation="relu",
+                                                      init="lecun_normal")),
+    Method("ResNet + BN (relu)", dict(model="residual_mlp_bn", method="untransformed", activation="relu",
+                                      init="he_normal"), grid="bn"),
+)
+MLP_DEPTHS = (10, 50, 100)
+
+
+def _mlp_fields(width: int, num_epochs: float) -> dict[str, Any]:
+    return {"width": width, "num_epochs": num_epochs, "batch_size": 128, "schedule.name": "cosine",
+            "schedule.warmup_epochs": 0.1 * num_epochs, "weight_decay": 1e-5,
+            "optimizer.kfac.damping": KFAC_DAMPING, "validation_fraction": 0.1,
+            "checkpoint_every_steps": 10**9, "eval_every_steps": 10**9, "log_every_steps": 50}
+
+
+MLP_QUICK = Protocol(
+    depths=MLP_DEPTHS, methods=MLP_METHODS, optimizers=("sgd", "kfac"), fields=_mlp_fields(128, 0.5),
+    learning_rates={("sgd", "vanilla"): (0.003, 0.01, 0.03), ("sgd", "bn"): (0.03, 0.1, 0.3),
+                    ("kfac", "vanilla"): (0.003, 0.01, 0.03), ("kfac", "bn"): (0.01, 0.03, 0.1)},
+    description="quick mode: width 128, half an epoch, 3 learning rates per row, K-FAC damping fixed at "
+                f"{KFAC_DAMPING:g} (tuned on MNIST), 2 seeds")
+MLP_FULL = dataclasses.replace(
+    MLP_QUICK, fields=_mlp_fields(256, 2.0), dampings=(0.1, 0.3, 1.0), seeds=(0, 1, 2),
+    learning_rates={("sgd", "vanilla"): (0.001, 0.003, 0.01, 0.03, 0.1), ("sgd", "bn"): (0.01, 0.03, 0.1, 0.3, 1.0),
+                    ("kfac", "vanilla"): (0.001, 0.003, 0.01, 0.03), ("kfac", "bn"): (0.003, 0.01, 0.03, 0.1)},
+    description="full mode: width 256, 2 epochs, 5 learning rates (4 for K-FAC, with 3 dampings), 3 seeds")
+
+
+def row_config(dataset: str, depth: int, method: Method, optimizer: str, protocol: Protocol):
+    """The base config of one row (the sweep sets the learning rate, damping and seed)."""
+    from dks_jax import configlib  # pylint: disable=g-import-not-at-top
 
     c = configlib.base_config()
-    configlib.set_fields(c, {
-        "dataset": dataset, "depth": depth, "width": budget.width, "num_epochs": budget.num_epochs,
-        "batch_size": 128, "optimizer.name": optimizer, "learning_rate": LEARNING_RATE[optimizer],
-        "schedule.name": "cosine", "schedule.warmup_epochs": 0.1 * budget.num_epochs,
-        "weight_decay": 1e-5, "optimizer.kfac.damping": KFAC_DAMPING,
-        "checkpoint_every_steps": 10**9,  # one checkpoint, at the end
-        "eval_every_steps": 10**9, "log_every_steps": 50})
-    configlib.set_fields(c, fields)
-    if c.method == "TAT" and c.activation == "leaky_relu" and depth < 13:
-        c.tat.c_val_0_target = 0.8
-    configlib.set_fields(c, budget.overrides)
+    configlib.set_fields(c, {"dataset": dataset, "depth": depth, "optimizer.name": optimizer})
+    configlib.set_fields(c, dict(protocol.fields))
+    configlib.set_fields(c, dict(method.fields))
+    if c.method == "TAT" and c.activation == "leaky_relu" and depth < 13 and c.model in ("mlp", "convnet"):
+        c.tat.c_val_0_target = 0.8  # eta = 0.9 is unreachable with fewer than 13 Leaky ReLU layers
     return c
 
 
-def _run(config, workdir: Path) -> dict[str, Any]:
-    """Trains one row, or returns the summary of a run that already completed in ``workdir``."""
-    from dks_jax.train import loop
-
-    summary_path = workdir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "completed":
-            return summary
-    try:
-        return loop.train_and_evaluate(config, workdir, progress=False)
-    except (ValueError, loop.TrainingDivergedError) as err:
-        # A diverged row is a result (EOC at depth may do it), not a reason to lose the table.
-        return {"status": "failed", "message": str(err).splitlines()[0][:160]}
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def _run_dir(workdir: Path, name: str, optimizer: str, label: str, depth: int) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-    return workdir / f"{name}_runs" / f"{optimizer}_{slug}_{depth}"
+    return workdir / f"{name}_runs" / f"{optimizer}_{_slug(label)}_{depth}"
 
 
-def _claims(results: dict[str, Any], depths: Sequence[int], methods: Sequence[str],
-            optimizers: Sequence[str]) -> list[str]:
-    """The papers' claims, checked on the rows that were trained (sentences computed, not typed)."""
+@dataclasses.dataclass
+class Row:
+    """A tuned row: its sweep and its seed runs."""
 
-    def acc(optimizer: str, label: str, depth: int) -> float:
-        return results[f"{optimizer}|{label}|{depth}"].get("test_accuracy", math.nan)
+    optimizer: str
+    method: Method
+    depth: int
+    sweep: Any  # sweep.SweepResult
+    seeds: list  # sweep.PointResult, the chosen point at every seed
 
+    def key(self) -> str:
+        return f"{self.optimizer}|{self.method.label}|{self.depth}"
+
+    def stats(self, key: str) -> tuple[float, float, int]:
+        values = [r.metric(key) for r in self.seeds if r.usable and math.isfinite(r.metric(key))]
+        if not values:
+            return math.nan, math.nan, 0
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        return mean, sd, len(values)
+
+
+def tune_rows(dataset: str, name: str, workdir: Path, protocol: Protocol,
+              log=print) -> list[Row]:
+    """Tunes every row on validation, then trains each chosen point at every seed (two pooled phases)."""
+    from dks_jax.train import sweep  # pylint: disable=g-import-not-at-top
+
+    specs = [(opt, m, d) for opt in protocol.optimizers for m in protocol.methods for d in protocol.depths]
+    threads = 1 if protocol.parallel > 1 else None
+    tuning, invalid = [], {}
+    for opt, method, depth in specs:
+        base = row_config(dataset, depth, method, opt, protocol)
+        base.seed = protocol.seeds[0]
+        rowdir = _run_dir(workdir, name, opt, method.label, depth) / "tune"
+        for point in sweep.grid(protocol.axes(opt, method)):
+            try:
+                tuning.append(((opt, method, depth), point, sweep.sweep_config(base, point), rowdir /
+                               sweep.point_name(point)))
+            except ValueError as err:  # e.g. a method the model registry refuses: a row, not a crash
+                invalid.setdefault((opt, method, depth), []).append(
+                    sweep.PointResult(point, str(rowdir / sweep.point_name(point)), "failed", str(err), {}))
+    done = [0]
+
+    def progress(result) -> None:
+        done[0] += 1
+        value = result.summary.get("validation_accuracy")
+        log(f"[{name} {done[0]}/{len(tuning)} tuning] {result.workdir}: {result.status}"
+            + (f", validation accuracy {value:.4f}" if value is not None and result.usable else
+               f" ({result.reason[:120]})" if result.reason else ""))
+
+    results = sweep.run_points([(p, c, w) for _, p, c, w in tuning], parallel=protocol.parallel,
+                               threads_per_point=threads, on_result=progress)
+    by_row: dict[tuple, list] = {spec: list(invalid.get(spec, [])) for spec in specs}
+    for (spec, *_), result in zip(tuning, results):
+        by_row[spec].append(result)
+    rows, reruns = [], []
+    for spec in specs:
+        opt, method, depth = spec
+        axes = protocol.axes(opt, method)
+        chosen, why = sweep.select(by_row[spec])
+        result = sweep.SweepResult(by_row[spec], chosen, why, "validation_accuracy")
+        rowdir = _run_dir(workdir, name, opt, method.label, depth)
+        sweep.write_report(result, rowdir / "tune", row_config(dataset, depth, method, opt, protocol), axes)
+        rows.append(Row(opt, method, depth, result, [result.best] if result.best else []))
+        if result.best is not None:
+            base = row_config(dataset, depth, method, opt, protocol)
+            for seed in protocol.seeds[1:]:
+                point = {**result.best.point, "seed": seed}
+                reruns.append((len(rows) - 1, point, sweep.sweep_config(base, point), rowdir / f"seed={seed}"))
+    done[0] = 0
+
+    def seed_progress(result) -> None:
+        done[0] += 1
+        log(f"[{name} {done[0]}/{len(reruns)} seeds] {result.workdir}: {result.status}")
+
+    seed_results = sweep.run_points([(p, c, w) for _, p, c, w in reruns], parallel=protocol.parallel,
+                                    threads_per_point=threads, on_result=seed_progress)
+    for (index, *_), result in zip(reruns, seed_results):
+        rows[index].seeds.append(result)
+    return rows
+
+
+def _pm(stats: tuple[float, float, int], digits: int = 4) -> str:
+    mean, sd, n = stats
+    if n == 0:
+        return "-"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f} ({n})" if n > 1 else f"{mean:.{digits}f} (1)"
+
+
+def _chosen_text(row: Row, protocol: Protocol) -> str:
+    best = row.sweep.best
+    if best is None:
+        return "none"
+    parts = []
+    for axis, values in protocol.axes(row.optimizer, row.method).items():
+        value = best.point[axis]
+        edge = len(values) > 1 and value in (min(values), max(values))
+        parts.append(f"{'lr' if axis == 'learning_rate' else 'damping'} {value:g}" + (" (grid edge)" if edge
+                                                                                      else ""))
+    return ", ".join(parts)
+
+
+def claims(rows: Sequence[Row], protocol: Protocol) -> list[str]:
+    """The papers' claims, checked on the rows (sentences computed from the mean test accuracies)."""
+    acc = {r.key(): r.stats("test_accuracy")[0] for r in rows}
+    depths = protocol.depths
+    shallow, deep = min(depths), max(depths)
     lines = []
-    deep, shallow = max(depths), min(depths)
-    for optimizer in optimizers:
-        for label in methods:
-            if not label.startswith(("TAT", "EOC")):
+    for optimizer in protocol.optimizers:
+        for method in protocol.methods:
+            if method.grid == "bn":
                 continue
-            drop = acc(optimizer, label, shallow) - acc(optimizer, label, deep)
-            lines.append(f"- {optimizer}, {label}: test accuracy {acc(optimizer, label, shallow):.4f} at depth "
-                         f"{shallow}, {acc(optimizer, label, deep):.4f} at depth {deep} "
-                         f"({'a drop' if drop > 0 else 'a gain'} of {abs(drop):.4f}).")
-        resnet = next((m for m in methods if m.startswith("ResNet")), None)
-        tat = next((m for m in methods if m.startswith("TAT")), None)
-        if resnet and tat:
-            gaps = ", ".join(f"{acc(optimizer, resnet, d) - acc(optimizer, tat, d):+.4f} at depth {d}"
-                             for d in depths)
-            lines.append(f"- {optimizer}: ResNet + BN minus {tat}: {gaps}.")
+            a, b = acc[f"{optimizer}|{method.label}|{shallow}"], acc[f"{optimizer}|{method.label}|{deep}"]
+            change = b - a
+            lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a:.4f} at depth {shallow}, "
+                         f"{b:.4f} at depth {deep} ({'a drop' if change < 0 else 'a gain'} of "
+                         f"{abs(change):.4f}).")
+        bn = next((m for m in protocol.methods if m.grid == "bn"), None)
+        tat = [m for m in protocol.methods if m.label.startswith("TAT") and m.grid != "bn"]
+        if bn and tat:
+            gaps = []
+            for d in depths:
+                best_tat = max(tat, key=lambda m: acc[f"{optimizer}|{m.label}|{d}"])
+                gap = acc[f"{optimizer}|{bn.label}|{d}"] - acc[f"{optimizer}|{best_tat.label}|{d}"]
+                gaps.append(f"{gap:+.4f} at depth {d} ({best_tat.label})")
+            lines.append(f"- {optimizer}: {bn.label} minus the best TAT row: " + ", ".join(gaps) + ".")
+        eoc = next((m for m in protocol.methods if m.label.startswith("EOC")), None)
+        if eoc and tat:
+            best_tat = max(tat, key=lambda m: acc[f"{optimizer}|{m.label}|{deep}"])
+            gap = acc[f"{optimizer}|{best_tat.label}|{deep}"] - acc[f"{optimizer}|{eoc.label}|{deep}"]
+            lines.append(f"- {optimizer}, depth {deep}: {best_tat.label} minus {eoc.label}: {gap:+.4f}.")
     return lines
 
 
-def depth_table(dataset: str, name: str, workdir: Path, budget: Budget, *,
-                depths: Sequence[int] = DEPTHS,
-                methods: Sequence[tuple[str, dict[str, Any]]] = METHODS,
-                optimizers: Sequence[str] = OPTIMIZERS) -> tables.TableResult:
-    """Trains (or reuses) every row of a depth table and returns its markdown, figure and data.
+def _setup_text(dataset: str, protocol: Protocol) -> str:
+    """The shared settings, read from a row's config (so the text cannot drift from what ran)."""
+    c = row_config(dataset, protocol.depths[-1], protocol.methods[0], "kfac", protocol)
+    k = c.optimizer.kfac
+    grids = "; ".join(f"{opt} {grid}: {', '.join(f'{v:g}' for v in rates)}"
+                      for (opt, grid), rates in protocol.learning_rates.items()
+                      if opt in protocol.optimizers)
+    return (f"Budget: {protocol.description}. Every row: batch {c.batch_size}, {c.num_epochs:g} epochs, "
+            f"{c.schedule.name} schedule with {c.schedule.warmup_epochs:g} warm-up epochs, weight decay "
+            f"{c.weight_decay:g}; SGD with momentum {c.optimizer.sgd.momentum:g} "
+            f"({'Nesterov' if c.optimizer.sgd.nesterov else 'heavy ball'}); K-FAC with curvature EMA "
+            f"{k.curvature_ema:g}, inverses every {k.inverse_update_period} steps, norm constraint "
+            f"{k.norm_constraint}, {k.num_burnin_steps} burn-in steps. Tuning: learning rates ({grids}) and "
+            f"K-FAC dampings ({', '.join(f'{v:g}' for v in protocol.dampings)}) chosen by the highest "
+            f"validation accuracy ({c.validation_fraction:g} of the training set held out; the test split "
+            f"is never used to choose), then the chosen point trained with seeds "
+            f"{', '.join(map(str, protocol.seeds))}: test accuracy and final training loss are mean ± "
+            "standard deviation (number of seeds that trained). TAT eta = 0.9 (0.8 below 13 layers, where "
+            "0.9 is unreachable), TAT tau = 0.3, DKS zeta = 1.5.")
 
-    Args:
-      dataset: Dataset name (``dks_jax.data`` registry).
-      name: Table name (prefix of the run directories and the figure).
-      workdir: Where the runs, the figure and the table go. Rerunning with the same ``workdir`` reuses
-        every completed run, so an interrupted table resumes where it stopped.
-      budget: Width and training length of every row.
-      depths: Depths (nonlinear layers).
-      methods: ``(label, config fields)`` per method.
-      optimizers: Optimizer names.
 
-    Returns:
-      The table (rows ordered optimizer, method, depth), the accuracy-against-depth figure, and every
-      run's summary under ``data["results"]``.
-    """
-    import matplotlib.pyplot as plt
+def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
+                log=print) -> tables.TableResult:
+    """Tunes and trains (or reuses) every row of a depth table; returns its markdown, figure and data."""
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-    results: dict[str, Any] = {}
-    rows = []
-    total, done = len(optimizers) * len(methods) * len(depths), 0
-    for optimizer in optimizers:
-        for label, fields in methods:
-            for depth in depths:
-                config = row_config(dataset, depth, fields, optimizer, budget)
-                summary = _run(config, _run_dir(workdir, name, optimizer, label, depth))
-                done += 1
-                results[f"{optimizer}|{label}|{depth}"] = summary
-                ok = summary.get("status") == "completed"
-                print(f"[{name} {done}/{total}] {optimizer} {label} depth {depth}: "
-                      + (f"test accuracy {summary['test_accuracy']:.4f}, {summary['wall_seconds']:.0f} s"
-                         if ok else summary.get("message", "failed")), flush=True)
-                rows.append([optimizer, label, depth,
-                             tables.fmt(summary["train_loss"], 4) if ok else "-",
-                             tables.fmt(summary["test_accuracy"], 4) if ok else "-",
-                             f"{summary['wall_seconds']:.0f}" if ok else summary.get("message", "")])
+    start = time.perf_counter()
+    rows = tune_rows(dataset, name, workdir, protocol, log=log)
+    seconds = time.perf_counter() - start
+    table = []
+    for r in rows:
+        best = r.sweep.best
+        notes = "" if best is not None else r.sweep.why
+        failed = [s for s in r.seeds if not s.usable]
+        if failed:
+            notes += "; ".join(f"seed {s.point.get('seed')}: {s.status}" for s in failed)
+        table.append([r.optimizer, r.method.label, r.depth, _chosen_text(r, protocol),
+                      tables.fmt(best.metric("validation_accuracy"), 4) if best else "-",
+                      _pm(r.stats("test_accuracy")), _pm(r.stats("train_loss")), notes or "-"])
 
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(5.5 * len(optimizers), 4), sharey=True,
-                             squeeze=False)
-    for ax, optimizer in zip(axes[0], optimizers):
-        for label, _ in methods:
-            accs = [results[f"{optimizer}|{label}|{d}"].get("test_accuracy", math.nan) for d in depths]
-            ax.plot(depths, accs, "o-", label=label)
-        ax.set_title(f"{dataset}, {optimizer}")
-        ax.set_xlabel("depth (nonlinear layers)")
+    fig, axes = plt.subplots(1, len(protocol.optimizers), figsize=(5.5 * len(protocol.optimizers), 4),
+                             sharey=True, squeeze=False)
+    by_key = {r.key(): r for r in rows}
+    for ax, optimizer in zip(axes[0], protocol.optimizers):
+        for method in protocol.methods:
+            stats = [by_key[f"{optimizer}|{method.label}|{d}"].stats("test_accuracy") for d in protocol.depths]
+            ax.errorbar(protocol.depths, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-",
+                        capsize=3, label=method.label)
+        ax.set_title(f"{dataset}, {optimizer} (tuned per row)")
+        ax.set_xlabel("depth")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
+    axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig_path = workdir / f"{name}_accuracy.png"
     tables.save_figure(fig, fig_path)
     plt.close(fig)
 
-    setup = (f"Vanilla MLPs ({budget.describe()}), batch 128, cosine schedule with 10% warm-up and peak "
-             f"learning rate {LEARNING_RATE['sgd']:g} for SGD (Nesterov momentum 0.9) and "
-             f"{LEARNING_RATE['kfac']:g} for K-FAC (damping {KFAC_DAMPING:g}, curvature EMA 0.95, "
-             "inverses every 5 steps, norm constraint 1e-3), weight decay 1e-5; one setting per optimizer "
-             "for every row. TAT eta = 0.9 (0.8 at depth 10, where 0.9 is unreachable), TAT tau = 0.3, "
-             "DKS zeta = 1.5. The ResNet row is a pre-activation residual MLP with batch norm and the "
-             "same number of nonlinear layers plus one.")
-    if budget.overrides:
-        setup += " Overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(budget.overrides.items())) + "."
-    claims = _claims(results, depths, [m for m, _ in methods], optimizers)
-    body = (setup + "\n\n" + tables.markdown_table(
-        ["optimizer", "method", "depth", "final train loss", "test accuracy", "seconds"], rows)
-        + "\n\nThe papers' claims, on these rows (TAT should stay close to the ResNet and not degrade "
-        "with depth; EOC should degrade):\n\n" + "\n".join(claims)
-        + "\n\n" + tables.figure_link(fig_path, f"{dataset}: test accuracy against depth"))
-    return tables.TableResult(markdown=body, figures=[fig_path], data={"results": results})
+    body = (_setup_text(dataset, protocol) + "\n\n" + tables.markdown_table(
+        ["optimizer", "method", "depth", "chosen (validation)", "validation acc.", "test accuracy",
+         "final train loss", "notes"], table)
+        + f"\n\nRows, sweeps and seed runs: `{name}_runs/<optimizer>_<method>_<depth>/` (each row's "
+        "`tune/sweep.md` lists every point). The papers' claims, on these rows (TAT should stay close to "
+        "the ResNet and not degrade with depth; EOC should degrade):\n\n" + "\n".join(claims(rows, protocol))
+        + "\n\n" + tables.figure_link(fig_path, f"{dataset}: test accuracy against depth")
+        + f"\n\nTraining time of this invocation (finished runs are reused): {seconds / 60:.1f} min.")
+    data = {"rows": [{"optimizer": r.optimizer, "method": r.method.label, "depth": r.depth,
+                      "chosen": r.sweep.best.point if r.sweep.best else None, "why": r.sweep.why,
+                      "test_accuracy": r.stats("test_accuracy"), "train_loss": r.stats("train_loss"),
+                      "seeds": [s.summary for s in r.seeds]} for r in rows]}
+    return tables.TableResult(markdown=body, figures=[fig_path], data=data)
 
 
 @tables.register_table("mnist_depth", group="training",
-                       title="MNIST: test accuracy against depth, per method and optimizer")
+                       title="MNIST: test accuracy against depth, per method and optimizer (tuned)")
 def mnist_depth(workdir: Path, quick: bool) -> tables.TableResult:
-    return depth_table("mnist", "mnist_depth", workdir, QUICK if quick else FULL)
+    return depth_table("mnist", "mnist_depth", workdir, MLP_QUICK if quick else MLP_FULL)
 
 
 @tables.register_table("fashion_mnist_depth", group="training",
-                       title="Fashion-MNIST: test accuracy against depth, per method and optimizer")
+                       title="Fashion-MNIST: test accuracy against depth, per method and optimizer (tuned)")
 def fashion_mnist_depth(workdir: Path, quick: bool) -> tables.TableResult:
-    return depth_table("fashion_mnist", "fashion_mnist_depth", workdir, QUICK if quick else FULL)
+    return depth_table("fashion_mnist", "fashion_mnist_depth", workdir, MLP_QUICK if quick else MLP_FULL)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -195,7 +195,10 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
                                     "validation_accuracy or validation_loss).")
     usable = [i for i, r in enumerate(results) if r.usable and math.isfinite(r.metric(metric))]
     if not usable:
-        reasons = "; ".join(f"{point_name(r.point)}: {r.status}" for r in results)
+        # The reason too when it is short enough to read in a table cell (a failed set-up says why).
+        reasons = "; ".join(f"{point_name(r.point)}: {r.status}"
+                            + (f" ({r.reason.splitlines()[0][:160]})" if r.status == "failed" and r.reason else "")
+                            for r in results)
         return None, f"no point is usable ({reasons})."
     higher = metric.endswith("accuracy")
     tie = "validation_loss" if higher else "validation_accuracy"
