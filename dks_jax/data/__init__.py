@@ -53,7 +53,7 @@ from dks_jax.data.presets import default_normalization
 from dks_jax.data.presets import eval_transform
 from dks_jax.data.presets import train_augmenter
 from dks_jax.data.registry import get_dataset
-from dks_jax.data.registry import list_datasets
+from dks_jax.data.registry import list_datasets, native_splits
 from dks_jax.data.registry import register_dataset
 from dks_jax.data.text import CharVocabulary
 from dks_jax.data.text import TokenDataset

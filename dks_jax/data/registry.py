@@ -56,6 +56,12 @@ def list_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
+def native_splits(name: str) -> tuple[str, ...] | None:
+    """The splits dataset ``name`` ships itself (None: 'validation' is held out of 'train')."""
+    get_loader(name)  # unknown names fail with the list of known ones
+    return _NATIVE_SPLITS.get(name)
+
+
 def get_loader(name: str) -> Loader:
     """Looks up a registered loader.
 

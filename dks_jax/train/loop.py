@@ -32,12 +32,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dks_jax import configlib
-from dks_jax import data as data_lib
 from dks_jax import nets
 from dks_jax import optim
-from dks_jax.optim import losses, schedules, sharding
+from dks_jax.optim import schedules, sharding
 from dks_jax.train import checkpoint as checkpoint_lib
 from dks_jax.train import metrics as metrics_lib
+from dks_jax.train import tasks
 from dks_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -164,38 +164,23 @@ class Experiment:
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.make_data_mesh()
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        data_dir = config.data_dir or None
-        val = float(config.validation_fraction)
-        self.datasets = {"train": data_lib.get_dataset(config.dataset, "train", data_dir=data_dir,
-                                                       validation_size=val)}
-        # Periodic evaluations use the validation split when one is held out (so nothing is ever chosen
-        # on the test split); the final evaluation covers every split.
-        self.eval_splits = (["validation"] if val > 0 else []) + ["test"]
-        for split in self.eval_splits:
-            self.datasets[split] = data_lib.get_dataset(config.dataset, split, data_dir=data_dir,
-                                                        validation_size=val)
+        self.task = tasks.make_task(config, self.process_index, self.process_count)
+        self.datasets = self.task.datasets
+        self.eval_splits = [split for split in ("validation", "test") if split in self.datasets]
         self.train_ds = self.datasets["train"]
-        image_size = int(config.image_size)
-        self.augment = data_lib.train_augmenter(config.dataset, image_size) if config.augment else None
-        self.eval_transform = data_lib.eval_transform(config.dataset, image_size)
-        # PLN, when asked for, is the model's first layer (so diagnostics see it too), not the pipeline's.
-        self.normalization = data_lib.default_normalization(
-            config.dataset, standardize=config.normalize == "meanstd")
         self.batch_size = int(config.batch_size)
         if self.batch_size % jax.device_count():
             raise configlib.ConfigError(f"config.batch_size={self.batch_size} must be divisible by the "
                                         f"number of devices ({jax.device_count()}).")
-        self.steps_per_epoch = data_lib.steps_per_epoch(len(self.train_ds), self.batch_size)
+        self.steps_per_epoch = self.task.steps_per_epoch(self.batch_size)
         self.total_steps = max(int(round(float(config.num_epochs) * self.steps_per_epoch)), 1)
         max_steps = int(config.max_steps)
         self.stop_step = min(self.total_steps, max_steps) if max_steps else self.total_steps
         # This host's part of batch 0: it fixes the input shape and initializes the model and optimizer.
-        self._example = data_lib.train_batch(
-            self.train_ds, 0, global_batch_size=self.batch_size, seed=int(config.seed),
-            process_index=self.process_index, process_count=self.process_count, augment=self.augment,
-            normalization=self.normalization)
-        self.input_shape = tuple(self._example["image"].shape[1:])
-        self.num_classes = int(self.train_ds.num_classes)
+        self._example = self.task.example(self.batch_size)
+        self.input_key = self.task.input_key
+        self.input_shape = tuple(self._example[self.input_key].shape[1:])
+        self.num_classes = self.task.num_classes
         self.model = nets.build_model(config, self.num_classes, self.input_shape)
         warmup = int(round(float(config.schedule.warmup_epochs) * self.steps_per_epoch))
         self.schedule = schedules.get_schedule(
@@ -205,16 +190,15 @@ class Experiment:
         name = config.optimizer.name
         self.optimizer = optim.make_optimizer(name, self._loss_fn, self.schedule,
                                               l2_reg=float(config.weight_decay),
-                                              **configlib.section(config.optimizer, name))
+                                              **configlib.section(config.optimizer, name),
+                                              **self.task.optimizer_kwargs(name))
 
     # The loss is defined on the un-jitted Haiku apply so K-FAC's graph matcher sees every layer.
     def _loss_fn(self, params, state, rng, batch):
-        logits, new_state = self.model.transformed.apply(params, state, rng, batch["image"],
+        logits, new_state = self.model.transformed.apply(params, state, rng, batch[self.input_key],
                                                          is_training=True)
-        loss = losses.classification_loss(
-            logits, batch["label"], label_smoothing=float(self.config.label_smoothing),
-            num_classes=self.num_classes, register_for_kfac=self.optimizer_needs_registration)
-        return loss, (new_state, {"accuracy": losses.accuracy(logits, batch["label"])})
+        loss, metrics = self.task.loss(logits, batch, self.optimizer_needs_registration)
+        return loss, (new_state, metrics)
 
     @property
     def optimizer_needs_registration(self) -> bool:
@@ -222,11 +206,8 @@ class Experiment:
 
     def _stream(self, seed: int, start_step: int, num_steps: int) -> Iterator[dict[str, jax.Array]]:
         """Prefetched global batches ``start_step ..`` of the training stream with this seed."""
-        return data_lib.train_iterator(
-            self.train_ds, global_batch_size=self.batch_size, seed=seed, start_step=start_step,
-            num_steps=num_steps, process_index=self.process_index, process_count=self.process_count,
-            augment=self.augment, normalization=self.normalization,
-            transfer_fn=lambda b: _put_global(b, self.mesh))
+        return self.task.stream(self.batch_size, seed, start_step, num_steps,
+                                lambda b: _put_global(b, self.mesh))
 
     def train_iterator(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
         return self._stream(int(self.config.seed), start_step, self.stop_step - start_step)
@@ -240,7 +221,7 @@ class Experiment:
         key = jax.random.PRNGKey(int(self.config.seed))
         init_key, opt_key = jax.random.split(key)
         example = _put_global(self._example, self.mesh)
-        params, state = self.model.init(init_key, example["image"])
+        params, state = self.model.init(init_key, example[self.input_key])
         params, state = sharding.replicate(params, self.mesh), sharding.replicate(state, self.mesh)
         # Placed like the step's outputs, so that the first step does not trace a second program.
         opt_state = sharding.replicate(self.optimizer.init(params, state, opt_key, example), self.mesh)
@@ -256,28 +237,20 @@ class Experiment:
         return train_state._replace(opt_state=opt_state, state=state)
 
     def evaluate(self, params, state, split: str = "test") -> dict[str, float]:
-        """Loss and accuracy over a whole evaluation split (padded batches are masked out)."""
+        """Loss and accuracy (and bits per character for text) over a whole split (padding masked out)."""
         if not hasattr(self, "_eval_step"):
-            apply, num_classes = self.model.transformed.apply, self.num_classes
+            apply, task, key = self.model.transformed.apply, self.task, self.input_key
 
             def eval_step(params, state, batch):
-                logits, _ = apply(params, state, None, batch["image"], is_training=False)
-                mask = batch["mask"]
-                nll = losses.cross_entropy_per_example(logits, jax.nn.one_hot(batch["label"], num_classes))
-                correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-                return jnp.stack([jnp.sum(nll * mask), jnp.sum(correct * mask), jnp.sum(mask)])
+                logits, _ = apply(params, state, None, batch[key], is_training=False)
+                return task.eval_sums(logits, batch)
 
             self._eval_step = jax.jit(eval_step)  # compiled once per run, not once per evaluation
         totals = np.zeros(3, np.float64)
-        iterator = data_lib.eval_iterator(
-            self.datasets[split], global_batch_size=self.batch_size, process_index=self.process_index,
-            process_count=self.process_count, transform=self.eval_transform,
-            normalization=self.normalization, transfer_fn=lambda b: _put_global(b, self.mesh))
-        with iterator:
-            for batch in iterator:
+        with self.task.eval_iterator(split, self.batch_size, lambda b: _put_global(b, self.mesh)) as it:
+            for batch in it:
                 totals += np.asarray(jax.device_get(self._eval_step(params, state, batch)), np.float64)
-        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
-                "examples": int(totals[2])}
+        return self.task.eval_metrics(totals)
 
 
 def train_and_evaluate(config: Any, workdir: str | os.PathLike, *, progress: bool = True,

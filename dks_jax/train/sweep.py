@@ -69,7 +69,7 @@ def parse_axis(config: Any, spec: str) -> tuple[str, list[Any]]:
 def sweep_config(base: Any, point: Mapping[str, Any]) -> Any:
     """The config of one point: ``base`` with the point's fields, validated, with a validation split."""
     config = configlib.set_fields(_copy(base), dict(point))
-    if float(config.validation_fraction) == 0.0:
+    if float(config.validation_fraction) == 0.0 and not _native_validation(config):
         config.validation_fraction = DEFAULT_VALIDATION_FRACTION
     configlib.validate(config)
     return config
@@ -312,14 +312,25 @@ def write_report(result: SweepResult, workdir: Path, base: Any, axes: Mapping[st
     """Writes ``sweep.md`` and ``sweep.json`` in ``workdir``."""
     from dks_jax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     workdir.mkdir(parents=True, exist_ok=True)
-    text = (f"# Sweep over {', '.join(axes)}\n\nSelection: the {result.metric.replace('_', ' ')} on the "
-            f"validation split ({_validation_fraction(base):g} of the training set, held out); the test "
-            "split is reported, never used to choose.\n\n" + markdown(result, list(axes)))
+    held_out = ("the dataset's own validation split" if _native_validation(base) else
+                f"the validation split ({_validation_fraction(base):g} of the training set, held out)")
+    text = (f"# Sweep over {', '.join(axes)}\n\nSelection: the {result.metric.replace('_', ' ')} on "
+            f"{held_out}; the test split is reported, never used to choose.\n\n"
+            + markdown(result, list(axes)))
     (workdir / "sweep.md").write_text(text, encoding="utf-8")
     workdir_lib.write_json(workdir / "sweep.json", {
         "axes": {k: list(v) for k, v in axes.items()}, "metric": result.metric,
         "chosen": None if result.best is None else result.best.point, "why": result.why,
         "points": [dataclasses.asdict(r) for r in result.results], "time": time.time()})
+
+
+def _native_validation(config: Any) -> bool:
+    """Whether the config's dataset ships its own validation split (a text corpus)."""
+    from dks_jax.train import tasks  # pylint: disable=g-import-not-at-top
+    try:
+        return tasks.has_native_validation(config.dataset)
+    except KeyError:  # an unknown dataset: validation names it
+        return False
 
 
 def _validation_fraction(base: Any) -> float:
