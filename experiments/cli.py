@@ -97,6 +97,19 @@ def parse(flags: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse
     return namespace, overrides
 
 
+def parse_without_config(flags: argparse.ArgumentParser, argv: Sequence[str]
+                         ) -> argparse.Namespace | None:
+    """``parse`` for entry points without a config: refuses ``--config.*`` fields and prints the help
+    for ``-h``/``--help`` (then returns None: the caller exits 0)."""
+    args, overrides = parse(flags, argv)
+    if overrides:
+        raise UsageError("this command takes no --config fields; see --help.")
+    if args.help:
+        print(flags.format_help())
+        return None
+    return args
+
+
 def load(spec: str | None, overrides: dict[str, str]) -> Any:
     """The config of ``--config=spec`` with the command line's overrides applied and validated."""
     if not spec:

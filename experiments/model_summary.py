@@ -15,11 +15,8 @@ from experiments import cli
 
 def main(argv: Sequence[str]) -> int:
     parser = cli.parser("python -m experiments.model_summary", __doc__.split("\n\n")[0], epilog=__doc__)
-    args, overrides = cli.parse(parser, argv)
-    if overrides:
-        raise cli.UsageError("this command takes no --config fields; see --help.")
-    if args.help:
-        print(parser.format_help())
+    args = cli.parse_without_config(parser, argv)
+    if args is None:
         return 0
     from dks_jax.nets import summary  # pylint: disable=g-import-not-at-top  (keeps --help fast)
     print("Parameters and compute per example, counted from the layer specifications. MACs count the "

@@ -194,11 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the registered tables and exit")
     parser.add_argument("--write_index", type=Path, default=None,
                         help="also write one markdown file gathering every table found in --workdir")
-    args, overrides = cli.parse(parser, argv)
-    if overrides:
-        raise cli.UsageError("this command takes no --config fields; see --help.")
-    if args.help:
-        print(parser.format_help())
+    args = cli.parse_without_config(parser, argv)
+    if args is None:
         return 0
 
     discover_table_modules()

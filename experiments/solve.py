@@ -63,11 +63,8 @@ def main(argv: Sequence[str], prog: str = "python -m experiments.solve") -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--register_from", default="",
                         help="a Python file to run first, e.g. one that registers activations")
-    args, overrides = cli.parse(parser, argv)
-    if overrides:
-        raise cli.UsageError("this command takes no --config fields; see --help.")
-    if args.help:
-        print(parser.format_help())
+    args = cli.parse_without_config(parser, argv)
+    if args is None:
         return 0
     if args.register_from:
         runpy.run_path(args.register_from)

@@ -167,7 +167,6 @@ class Experiment:
         self.task = tasks.make_task(config, self.process_index, self.process_count)
         self.datasets = self.task.datasets
         self.eval_splits = [split for split in ("validation", "test") if split in self.datasets]
-        self.train_ds = self.datasets["train"]
         self.batch_size = int(config.batch_size)
         if self.batch_size % jax.device_count():
             raise configlib.ConfigError(f"config.batch_size={self.batch_size} must be divisible by the "

@@ -30,22 +30,36 @@ Batch = dict[str, np.ndarray]
 TransferFn = Callable[[Batch], Any]
 
 
-class ImageTask:
-    """Classification of images (or any feature arrays) into ``num_classes`` labels."""
+class _Task:
+    """What both tasks hold: the config, the loaded splits and this host's place among the hosts."""
 
-    input_key = "image"
+    input_key = ""
 
     def __init__(self, config: Any, datasets: dict[str, Any], process_index: int, process_count: int):
         self.config, self.datasets = config, datasets
         self.process_index, self.process_count = process_index, process_count
         self.train_ds = datasets["train"]
+        self.num_classes = int(self.train_ds.num_classes)
+
+    def optimizer_kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments the task adds to the optimizer's own config section."""
+        del name
+        return {}
+
+
+class ImageTask(_Task):
+    """Classification of images (or any feature arrays) into ``num_classes`` labels."""
+
+    input_key = "image"
+
+    def __init__(self, config: Any, datasets: dict[str, Any], process_index: int, process_count: int):
+        super().__init__(config, datasets, process_index, process_count)
         image_size = int(config.image_size)
         self.augment = data_lib.train_augmenter(config.dataset, image_size) if config.augment else None
         self.eval_transform = data_lib.eval_transform(config.dataset, image_size)
         # PLN, when asked for, is the model's first layer (so diagnostics see it too), not the pipeline's.
         self.normalization = data_lib.default_normalization(
             config.dataset, standardize=config.normalize == "meanstd")
-        self.num_classes = int(self.train_ds.num_classes)
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return data_lib.steps_per_epoch(len(self.train_ds), batch_size)
@@ -89,22 +103,15 @@ class ImageTask:
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
                 "examples": int(totals[2])}
 
-    def optimizer_kwargs(self, name: str) -> dict[str, Any]:
-        del name
-        return {}
 
-
-class TextTask(ImageTask):
+class TextTask(_Task):
     """Next-character prediction on a ``TokenDataset`` with windows of ``config.seq_len`` characters."""
 
     input_key = "tokens"
 
     def __init__(self, config: Any, datasets: dict[str, Any], process_index: int, process_count: int):
-        self.config, self.datasets = config, datasets
-        self.process_index, self.process_count = process_index, process_count
-        self.train_ds = datasets["train"]
+        super().__init__(config, datasets, process_index, process_count)
         self.seq_len = int(config.seq_len)
-        self.num_classes = int(self.train_ds.num_classes)
         if float(config.label_smoothing):
             raise configlib.ConfigError(f"config.label_smoothing={config.label_smoothing!r}: language "
                                         "models report likelihoods (bits per character); use 0.")
@@ -140,9 +147,8 @@ class TextTask(ImageTask):
 
     @staticmethod
     def eval_metrics(totals: np.ndarray) -> dict[str, float]:
-        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
-                "bits_per_character": lm_losses.bits_per_character(totals[0], totals[2]),
-                "examples": int(totals[2])}
+        return {**ImageTask.eval_metrics(totals),
+                "bits_per_character": lm_losses.bits_per_character(totals[0], totals[2])}
 
     def optimizer_kwargs(self, name: str) -> dict[str, Any]:
         # K-FAC normalises its curvature by the rows its loss sees: one per character.
@@ -179,7 +185,7 @@ def load_datasets(config: Any) -> dict[str, Any]:
     return datasets
 
 
-def make_task(config: Any, process_index: int = 0, process_count: int = 1) -> ImageTask:
+def make_task(config: Any, process_index: int = 0, process_count: int = 1) -> ImageTask | TextTask:
     """The task of ``config.dataset`` with its splits loaded."""
     datasets = load_datasets(config)
     cls = TextTask if isinstance(datasets["train"], text_lib.TokenDataset) else ImageTask
