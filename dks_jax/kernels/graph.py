@@ -222,12 +222,30 @@ class Attention:
     name: str | None = None
 
 
+def _cached_tree_hash(node) -> int:
+    """A composite node's hash, computed once: a ResNet-101's tree has ~700 nodes, and the solver's
+    caches look networks up by value on every call."""
+    value = node.__dict__.get("_hash")
+    if value is None:
+        value = hash((type(node).__name__,) + tuple(getattr(node, f.name) for f in dataclasses.fields(node)))
+        object.__setattr__(node, "_hash", value)
+    return value
+
+
+def _state_without_hash(node) -> dict:
+    # String hashes differ between processes: a pickled node must not carry its cached hash.
+    return {k: v for k, v in node.__dict__.items() if k != "_hash"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sequential:
     """Layers applied in order."""
 
     layers: tuple["Node", ...]
     name: str | None = None
+
+    __hash__ = _cached_tree_hash
+    __getstate__ = _state_without_hash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +255,9 @@ class WeightedSum:
     branches: tuple["Node", ...]
     weights: tuple[float, ...] | None
     name: str | None = None
+
+    __hash__ = _cached_tree_hash
+    __getstate__ = _state_without_hash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +274,9 @@ class PreActResidual:
     projection: "Node | None"
     shortcut_weight: float | None
     name: str | None = None
+
+    __hash__ = _cached_tree_hash
+    __getstate__ = _state_without_hash
 
 
 Node = Union[Dense, Conv, Act, Pool, GlobalAvgPool, Flatten, Dropout, PerLocationNorm, BatchNorm,
