@@ -317,3 +317,32 @@ def test_angle_interpolant_matches_direct_quadrature(name, params):
     np.testing.assert_allclose(interpolant(c), act.c_map(c), rtol=0, atol=1e-12)
     assert interpolant(1.0) == 1.0
     assert interpolant.x_nodes.size <= 129  # geometric convergence in the angle, kinks or not
+
+
+# ---------------------------------------------------------------------------------------------
+# The public package's quadrature, imitated by the compat API.
+
+
+def test_reference_nodes_match_scipy_legendre_scaled():
+    """Tricomi nodes against SciPy's Golub-Welsch at an order it computes quickly, same construction."""
+    scipy_special = pytest.importorskip("scipy.special")
+    n = 4000
+    t, u = scipy_special.roots_legendre(n)
+    z, w = quadrature.reference_nodes(order=n)
+    keep = np.exp(-0.5 * (10 * t) ** 2) * 10 * u > 1e-17 * np.max(np.exp(-0.5 * (10 * t) ** 2) * 10 * u)
+    np.testing.assert_allclose(z, 10 * t[keep], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(w, 10 * u[keep] * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cut", [0.011, 0.37, -1.234, 3.3])
+def test_reference_rule_error_is_local_to_the_cuts(cut):
+    """The whole 100,000-node sum minus the exact integral equals the windowed error estimate."""
+    f = lambda z: np.where(z < cut, np.exp(0.3 * z) + 1.0, np.cos(z) + 0.2 * z)  # jumps at the cut
+    z_all, w_all = quadrature.reference_nodes()
+    z_exact, w_exact = quadrature.gaussian_nodes(np.array([cut]))
+    whole = w_all @ f(z_all) - w_exact @ f(z_exact)
+    z_err, w_err = quadrature.reference_rule_error_nodes(np.array([cut]))
+    assert abs(whole) > 1e-8  # a jump of ~1 between nodes ~3e-4 apart: an error far above rounding
+    # The imitated weights are within ~1e-11 of Gauss-Legendre's (the windows use exact integrals).
+    assert w_err @ f(z_err) == pytest.approx(whole, abs=5e-11)
+    assert quadrature.reference_rule_error_nodes(np.array([cut, cut + 0.3])) is None  # overlapping
