@@ -44,8 +44,8 @@ def digits_test_mask(labels: np.ndarray, test_fraction: float = TEST_FRACTION) -
 def load_digits(split: str, data_dir: str | os.PathLike | None = None) -> dataset_lib.ArrayDataset:
     """Loads sklearn's digits (1,797 images, 8x8x1, 10 classes).
 
-    Pixel values 0..16 are rescaled to 0..255. The test split is the last 20% of
-    each class (359 images), the train split the rest (1,438 images).
+    Pixel values 0..16 are rescaled to 0..255. The test split is a fixed random 20% of
+    each class (359 images; `digits_test_mask`), the train split the rest (1,438 images).
 
     Args:
         split: 'train' or 'test'.
