@@ -65,6 +65,10 @@ class Protocol:
       seeds: Seeds of the chosen point (the first is the tuning seed).
       parallel: Points trained at once (one XLA thread each when > 1).
       description: One line on the budget (printed above the table).
+      metric: What the sweeps choose on (``validation_accuracy``, or ``validation_loss`` for text).
+      config_fn: Builds a row's base config from ``(depth, method, optimizer)`` (for example from a
+        config file's variants); by default it is the base schema with the dataset, the protocol's fields
+        and the method's fields.
     """
 
     depths: tuple[int, ...]
@@ -76,6 +80,8 @@ class Protocol:
     seeds: tuple[int, ...] = (0, 1)
     parallel: int = 2
     description: str = ""
+    metric: str = "validation_accuracy"
+    config_fn: Any = None  # (depth, method, optimizer) -> base config; None: row_config's own
 
     def axes(self, optimizer: str, method: Method) -> dict[str, list[Any]]:
         axes: dict[str, list[Any]] = {"learning_rate": list(self.learning_rates[(optimizer, method.grid)])}
@@ -126,6 +132,8 @@ def row_config(dataset: str, depth: int, method: Method, optimizer: str, protoco
     """The base config of one row (the sweep sets the learning rate, damping and seed)."""
     from dks_jax import configlib  # pylint: disable=g-import-not-at-top
 
+    if protocol.config_fn is not None:
+        return protocol.config_fn(depth, method, optimizer)
     c = configlib.base_config()
     configlib.set_fields(c, {"dataset": dataset, "depth": depth, "optimizer.name": optimizer})
     configlib.set_fields(c, dict(protocol.fields))
@@ -188,9 +196,9 @@ def tune_rows(dataset: str, name: str, workdir: Path, protocol: Protocol,
 
     def progress(result) -> None:
         done[0] += 1
-        value = result.summary.get("validation_accuracy")
+        value = result.summary.get(protocol.metric)
         log(f"[{name} {done[0]}/{len(tuning)} tuning] {result.workdir}: {result.status}"
-            + (f", validation accuracy {value:.4f}" if value is not None and result.usable else
+            + (f", {protocol.metric.replace('_', ' ')} {value:.4f}" if value is not None and result.usable else
                f" ({result.reason[:120]})" if result.reason else ""))
 
     results = sweep.run_points([(p, c, w) for _, p, c, w in tuning], parallel=protocol.parallel,
@@ -202,8 +210,8 @@ def tune_rows(dataset: str, name: str, workdir: Path, protocol: Protocol,
     for spec in specs:
         opt, method, depth = spec
         axes = protocol.axes(opt, method)
-        chosen, why = sweep.select(by_row[spec])
-        result = sweep.SweepResult(by_row[spec], chosen, why, "validation_accuracy")
+        chosen, why = sweep.select(by_row[spec], protocol.metric)
+        result = sweep.SweepResult(by_row[spec], chosen, why, protocol.metric)
         rowdir = _run_dir(workdir, name, opt, method.label, depth)
         sweep.write_report(result, rowdir / "tune", row_config(dataset, depth, method, opt, protocol), axes)
         rows.append(Row(opt, method, depth, result, [result.best] if result.best else []))
