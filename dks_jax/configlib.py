@@ -265,6 +265,8 @@ SCHEMA: tuple[Field, ...] = (
     Field("schedule.piecewise_constant.factors", (0.1, 0.1), "factor applied at each boundary",
           positive_numbers),
     Field("batch_size", 128, "global batch size (split over devices and processes)", at_least(1)),
+    Field("eval_batch_size", 0, "examples (images or text windows) per evaluation batch; 0 = batch_size. "
+          "Evaluation sums are exact, so it changes speed, not results", at_least(0), resumable=True),
     Field("num_epochs", 10.0, "training length in epochs (the schedule spans them)", greater_than(0.0),
           resumable=True),
     Field("max_steps", 0, "stop after this many steps (0 = train num_epochs); the schedule is unchanged",

@@ -43,7 +43,7 @@ def _config_fn(width: int, seq_len: int, batch_size: int, steps: int):
         arg = ",".join(f"{k}={v}" for k, v in method.fields.items())
         c = lm.get_config(f"{arg},depth={depth},width={width},optimizer={optimizer}")
         tokens = len(text.load_cpython_chars("train", c.data_dir or None))
-        c.seq_len, c.batch_size = seq_len, batch_size
+        c.seq_len, c.batch_size, c.eval_batch_size = seq_len, batch_size, 512
         c.num_epochs = steps * batch_size * seq_len / tokens  # the cosine schedule ends with the budget
         c.schedule.warmup_epochs = 0.05 * c.num_epochs
         c.log_every_steps = max(steps // 40, 1)
@@ -196,8 +196,7 @@ def depth_table(name: str, workdir: Path, protocol: tt.Protocol, *, log=print) -
                                      "notes"], table)
             + "\n\nThe claims, on these rows:\n\n" + "\n".join(claims(rows, protocol.depths, ratios))
             + "\n\n" + tables.figure_link(fig_path, "test bits per character against depth")
-            + f"\n\nRows and sweeps: `{name}_runs/`. Training time of this invocation (finished runs are "
-            f"reused): {seconds / 60:.1f} min.")
+            + f"\n\nRows and sweeps: `{name}_runs/`. " + tt.compute_text(rows, seconds, protocol))
     data = {"rows": [{"variant": r.method.label, "depth": r.depth,
                       "chosen": r.sweep.best.point if r.sweep.best else None, "why": r.sweep.why,
                       "test_bits_per_character": r.stats("test_bits_per_character"),

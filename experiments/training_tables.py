@@ -264,6 +264,11 @@ def claims(rows: Sequence[Row], protocol: Protocol) -> list[str]:
             if method.grid == "bn":
                 continue
             a, b = acc[f"{optimizer}|{method.label}|{shallow}"], acc[f"{optimizer}|{method.label}|{deep}"]
+            if math.isnan(a) or math.isnan(b):
+                failed = [str(d) for d in depths if math.isnan(acc[f"{optimizer}|{method.label}|{d}"])]
+                lines.append(f"- {optimizer}, {method.label}: no learning rate of the grid trains it at depth "
+                             f"{', '.join(failed)} (every point diverged or stayed at chance).")
+                continue
             change = b - a
             lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a:.4f} at depth {shallow}, "
                          f"{b:.4f} at depth {deep} ({'a drop' if change < 0 else 'a gain'} of "
@@ -289,21 +294,33 @@ def _setup_text(dataset: str, protocol: Protocol) -> str:
     """The shared settings, read from a row's config (so the text cannot drift from what ran)."""
     c = row_config(dataset, protocol.depths[-1], protocol.methods[0], "kfac", protocol)
     k = c.optimizer.kfac
+    kfac = "kfac" in protocol.optimizers
     grids = "; ".join(f"{opt} {grid}: {', '.join(f'{v:g}' for v in rates)}"
                       for (opt, grid), rates in protocol.learning_rates.items()
                       if opt in protocol.optimizers)
     return (f"Budget: {protocol.description}. Every row: batch {c.batch_size}, {c.num_epochs:g} epochs, "
             f"{c.schedule.name} schedule with {c.schedule.warmup_epochs:g} warm-up epochs, weight decay "
             f"{c.weight_decay:g}; SGD with momentum {c.optimizer.sgd.momentum:g} "
-            f"({'Nesterov' if c.optimizer.sgd.nesterov else 'heavy ball'}); K-FAC with curvature EMA "
-            f"{k.curvature_ema:g}, inverses every {k.inverse_update_period} steps, norm constraint "
-            f"{k.norm_constraint}, {k.num_burnin_steps} burn-in steps. Tuning: learning rates ({grids}) and "
-            f"K-FAC dampings ({', '.join(f'{v:g}' for v in protocol.dampings)}) chosen by the highest "
+            f"({'Nesterov' if c.optimizer.sgd.nesterov else 'heavy ball'})"
+            + (f"; K-FAC with curvature EMA {k.curvature_ema:g}, inverses every {k.inverse_update_period} "
+               f"steps, norm constraint {k.norm_constraint}, {k.num_burnin_steps} burn-in steps" if kfac else "")
+            + f". Tuning: learning rates ({grids})"
+            + (f" and K-FAC dampings ({', '.join(f'{v:g}' for v in protocol.dampings)})" if kfac else "")
+            + " chosen by the highest "
             f"validation accuracy ({c.validation_fraction:g} of the training set held out; the test split "
             f"is never used to choose), then the chosen point trained with seeds "
             f"{', '.join(map(str, protocol.seeds))}: test accuracy and final training loss are mean ± "
             "standard deviation (number of seeds that trained). TAT eta = 0.9 (0.8 below 13 layers, where "
             "0.9 is unreachable), TAT tau = 0.3, DKS zeta = 1.5.")
+
+
+def compute_text(rows: Sequence[Row], seconds: float, protocol: Protocol) -> str:
+    """What the table cost: every run's own wall time summed, and this invocation's."""
+    runs = [r for row in rows for r in row.sweep.results] + [r for row in rows for r in row.seeds[1:]]
+    total = sum(float(r.summary.get("wall_seconds") or 0.0) for r in runs)
+    return (f"Compute: {len(runs)} training runs, {total / 60:.0f} min of run time in all ({protocol.parallel} "
+            f"at a time: ~{total / 60 / max(protocol.parallel, 1):.0f} min of wall time, plus start-up); this "
+            f"invocation took {seconds / 60:.1f} min (finished runs are reused).")
 
 
 def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
@@ -350,7 +367,7 @@ def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
         "`tune/sweep.md` lists every point). The papers' claims, on these rows (TAT should stay close to "
         "the ResNet and not degrade with depth; EOC should degrade):\n\n" + "\n".join(claims(rows, protocol))
         + "\n\n" + tables.figure_link(fig_path, f"{dataset}: test accuracy against depth")
-        + f"\n\nTraining time of this invocation (finished runs are reused): {seconds / 60:.1f} min.")
+        + "\n\n" + compute_text(rows, seconds, protocol))
     data = {"rows": [{"optimizer": r.optimizer, "method": r.method.label, "depth": r.depth,
                       "chosen": r.sweep.best.point if r.sweep.best else None, "why": r.sweep.why,
                       "test_accuracy": r.stats("test_accuracy"), "train_loss": r.stats("train_loss"),

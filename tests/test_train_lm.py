@@ -64,3 +64,15 @@ def test_text_datasets_keep_their_own_validation_split():
     # A sweep over a text config selects on the corpus' validation file, holding nothing out of train.
     point = sweep.sweep_config(load_config("lm.py:tiny"), {"learning_rate": 1e-3})
     assert point.validation_fraction == 0.0
+
+
+def test_eval_batch_size_changes_speed_not_results():
+    """The evaluation sums are exact and masked: any eval batch size gives the same split metrics."""
+    results = []
+    for eval_batch_size in (48, 512):  # 48 leaves a padded last batch at the end of the split
+        exp = loop.Experiment(load_config("lm.py:tiny", eval_batch_size=eval_batch_size))
+        ts = exp.init_state()
+        results.append(exp.evaluate(ts.params, ts.state, "validation"))
+    assert results[0]["examples"] == results[1]["examples"] == len(text.load_cpython_chars("validation")) - 1
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
+    assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1e-9)

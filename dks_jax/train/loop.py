@@ -168,9 +168,10 @@ class Experiment:
         self.datasets = self.task.datasets
         self.eval_splits = [split for split in ("validation", "test") if split in self.datasets]
         self.batch_size = int(config.batch_size)
-        if self.batch_size % jax.device_count():
-            raise configlib.ConfigError(f"config.batch_size={self.batch_size} must be divisible by the "
-                                        f"number of devices ({jax.device_count()}).")
+        for field in ("batch_size", "eval_batch_size"):
+            if int(config[field]) % jax.device_count():
+                raise configlib.ConfigError(f"config.{field}={int(config[field])} must be divisible by the "
+                                            f"number of devices ({jax.device_count()}).")
         self.steps_per_epoch = self.task.steps_per_epoch(self.batch_size)
         self.total_steps = max(int(round(float(config.num_epochs) * self.steps_per_epoch)), 1)
         max_steps = int(config.max_steps)
@@ -246,7 +247,8 @@ class Experiment:
 
             self._eval_step = jax.jit(eval_step)  # compiled once per run, not once per evaluation
         totals = np.zeros(3, np.float64)
-        with self.task.eval_iterator(split, self.batch_size, lambda b: _put_global(b, self.mesh)) as it:
+        batch_size = int(self.config.eval_batch_size) or self.batch_size
+        with self.task.eval_iterator(split, batch_size, lambda b: _put_global(b, self.mesh)) as it:
             for batch in it:
                 totals += np.asarray(jax.device_get(self._eval_step(params, state, batch)), np.float64)
         return self.task.eval_metrics(totals)
