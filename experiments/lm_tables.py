@@ -54,7 +54,7 @@ def _config_fn(width: int, seq_len: int, batch_size: int, steps: int):
     return make
 
 
-def quick_protocol(steps: int = 400) -> tt.Protocol:
+def quick_protocol(steps: int = 300) -> tt.Protocol:
     return tt.Protocol(
         depths=(4, 8, 16), methods=VARIANTS, optimizers=("adam",), fields={},
         learning_rates={("adam", "vanilla"): (3e-4, 1e-3, 3e-3)}, seeds=(0, 1), metric="validation_loss",
