@@ -562,10 +562,20 @@ def to_json_dict(config: Any) -> dict[str, Any]:
 
 
 def changed_fields(old: Mapping[str, Any], new: Any) -> dict[str, tuple[Any, Any]]:
-    """``{path: (old, new)}`` of the fields that differ between a stored config (JSON) and ``new``."""
+    """``{path: (old, new)}`` of the fields that differ between a stored config (JSON) and ``new``.
+
+    A field the stored config lacks because the schema gained it later is no change while ``new`` holds
+    its default (the run was made with that behaviour), so adding a field never invalidates old runs.
+    """
     old_flat, new_flat = flatten(old), flatten(to_json_dict(new))
-    return {p: (old_flat.get(p), new_flat.get(p)) for p in sorted(set(old_flat) | set(new_flat))
-            if old_flat.get(p) != new_flat.get(p)}
+    changed = {}
+    for p in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(p) == new_flat.get(p):
+            continue
+        if p not in old_flat and p in _BY_PATH and new_flat.get(p) == json.loads(json.dumps(_BY_PATH[p].default)):
+            continue
+        changed[p] = (old_flat.get(p), new_flat.get(p))
+    return changed
 
 
 def is_resumable_change(path: str) -> bool:

@@ -131,3 +131,13 @@ def test_registered_fields_extend_the_schema():
     finally:
         configlib._BY_PATH.pop("_test_only.knob")
     assert isinstance(configlib.base_config(), ml_collections.ConfigDict)
+
+
+def test_fields_added_to_the_schema_later_are_no_change_at_their_default():
+    """A run stored before the schema gained a field was made with the field's default behaviour."""
+    stored = json.loads(json.dumps(configlib.to_json_dict(make_config())))
+    del stored["eval_batch_size"]
+    assert configlib.changed_fields(stored, make_config()) == {}
+    assert configlib.changed_fields(stored, make_config(eval_batch_size=64)) == {"eval_batch_size": (None, 64)}
+    del stored["depth"]  # a field that is not at its default still counts
+    assert "depth" in configlib.changed_fields(stored, make_config(depth=7))
