@@ -164,8 +164,8 @@ def depth_table(name: str, workdir: Path, protocol: tt.Protocol, *, log=print) -
         table.append([r.method.label, r.depth,
                       f"lr {best.point['learning_rate']:g}" if best else "none",
                       tables.fmt(best.metric("validation_bits_per_character"), 3) if best else "-",
-                      tt._pm(r.stats("test_bits_per_character"), 3),  # pylint: disable=protected-access
-                      tt._pm(r.stats("train_loss"), 3),  # pylint: disable=protected-access
+                      tt.mean_pm(r.stats("test_bits_per_character"), 3),
+                      tt.mean_pm(r.stats("train_loss"), 3),
                       "-" if budget.get(r.depth) is None else
                       (f"{steps} ({ratio:.1f}x)" if steps is not None else "not reached"),
                       "" if best is not None else r.sweep.why])

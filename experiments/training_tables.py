@@ -233,7 +233,8 @@ def tune_rows(dataset: str, name: str, workdir: Path, protocol: Protocol,
     return rows
 
 
-def _pm(stats: tuple[float, float, int], digits: int = 4) -> str:
+def mean_pm(stats: tuple[float, float, int], digits: int = 4) -> str:
+    """``mean ± sd (n)`` of a row's ``stats`` (``"-"`` without runs)."""
     mean, sd, n = stats
     if n == 0:
         return "-"
@@ -340,7 +341,7 @@ def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
             notes += "; ".join(f"seed {s.point.get('seed')}: {s.status}" for s in failed)
         table.append([r.optimizer, r.method.label, r.depth, _chosen_text(r, protocol),
                       tables.fmt(best.metric("validation_accuracy"), 4) if best else "-",
-                      _pm(r.stats("test_accuracy")), _pm(r.stats("train_loss")), notes or "-"])
+                      mean_pm(r.stats("test_accuracy")), mean_pm(r.stats("train_loss")), notes or "-"])
 
     fig, axes = plt.subplots(1, len(protocol.optimizers), figsize=(5.5 * len(protocol.optimizers), 4),
                              sharey=True, squeeze=False)

@@ -247,3 +247,28 @@ def test_kinked_compat_lands_on_the_public_root_more_accurately(name, method, ne
         assert mine[key] == pytest.approx(target, abs=1e-9), key
     worst = max(abs(theirs[k] - t) for k, t in targets.items())
     assert worst > 5e-9 and worst > 10 * max(abs(mine[k] - t) for k, t in targets.items())
+
+
+@pytest.mark.parametrize("alpha,beta", [(3.0, 0.2), (0.5, 0.1)])
+def test_reference_rule_sums_with_close_kinks_use_the_whole_rule(alpha, beta):
+    # hard_tanh's kinks at +-1 map to cuts (+-1 - beta) / alpha: 0.67 apart at alpha 3 (the windows around
+    # them overlap, so the whole 100,000-node rule is summed) and 4 apart at alpha 0.5 (windows plus the
+    # exact split rule). Either way the sums are the reference rule's, here summed directly over its nodes.
+    spec = dks_jax.get_activation("jax.nn.hard_tanh")
+    problem = solver._Problem(spec, ("input_scale", "input_shift"), (1.0, 0.0, 0.0, 1.0), True,
+                              ("q_slope", "c_slope_1"), (1.0, 1.2))
+    residual = solver._Residual(problem, reference_rule=True)
+    theta = np.array([alpha, beta, 0.0, 1.0])
+    whole = solver.quadrature.reference_rule_error_nodes(residual._cuts(theta)) is None
+    assert whole == (alpha == 3.0)
+    sums = residual._reference_sums(theta)
+    z, w = solver.quadrature.reference_nodes()
+    x = alpha * z + beta
+    h = np.clip(x, -1.0, 1.0)
+    dh = alpha * ((x > -1.0) & (x < 1.0))
+    mean = np.dot(w, h)
+    h = h - mean
+    expected = {"mean": mean, "second": np.dot(w, h * h), "q_slope": np.dot(w, h * dh * z),
+                "c_slope_1": np.dot(w, dh * dh)}
+    for key, value in expected.items():  # (the exact integrals differ from these by 1e-9 to 8e-4)
+        assert sums[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

@@ -48,6 +48,11 @@ def test_leaky_relu_quadrature_matches_closed_form(a):
             rtol=1e-12)
     np.testing.assert_allclose(local_maps.leaky_relu_c_map(C_GRID, a), _leaky_closed_form(C_GRID, a),
                                atol=1e-15)
+    # Plain floats take a `math` path (the searches' hot loop): the same values as the arrays' path.
+    for derivative in (0, 1):
+        scalars = [local_maps.leaky_relu_c_map(float(c), a, derivative) for c in C_GRID]
+        assert all(isinstance(v, float) for v in scalars)
+        np.testing.assert_allclose(scalars, local_maps.leaky_relu_c_map(C_GRID, a, derivative), atol=1e-15)
 
 
 def test_relu_closed_form_value_at_zero():

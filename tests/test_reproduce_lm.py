@@ -46,7 +46,7 @@ def test_tiny_lm_table_trains_rows_and_reports_claims(tmp_path):
     if not (paths.resolve_data_dir() / "cpython_stdlib").exists():
         pytest.skip("../shared/data/cpython_stdlib is absent")
     protocol = dataclasses.replace(
-        lm_tables.quick_protocol(), depths=(3,), learning_rates={("adam", "vanilla"): (3e-3,)},
+        lm_tables.quick_protocol(), depths=(3,), learning_rates={("adam", "vanilla"): (3e-3,)}, seeds=(0,),
         config_fn=lm_tables._config_fn(width=16, seq_len=16, batch_size=8, steps=30),  # pylint: disable=protected-access
         description="test budget")
     result = lm_tables.depth_table("tiny_lm", tmp_path, protocol, log=lambda *_: None)
@@ -56,7 +56,7 @@ def test_tiny_lm_table_trains_rows_and_reports_claims(tmp_path):
         mean, _, n = row["test_bits_per_character"]
         # 30 Adam steps take every variant well below the uniform code over the ~100-character
         # vocabulary (6.6 bits) but nowhere near a trained model (~2 bits).
-        assert n == 2 and 2.5 < mean < 6.6, row
+        assert n == 1 and 2.5 < mean < 6.6, row
     # The standard row reaches its own target, at the step the target was taken from.
     for depth in (3,):
         step, _ = result.data["targets"][str(depth)]

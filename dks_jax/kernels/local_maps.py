@@ -284,17 +284,16 @@ def leaky_relu_c_map(c, negative_slope, derivative: int = 0):
       The map (or derivative) at ``c``.
     """
     a = negative_slope
-    if isinstance(c, float) and derivative == 0 and -1.0 <= c <= 1.0:
-        # Scalar fast path: the network-level searches call this ~100 times per evaluation, where
-        # NumPy's per-call overhead costs 5x the arithmetic.
-        return ((1.0 - a) ** 2 / math.pi * (math.sqrt(1.0 - c * c) + (math.pi - math.acos(c)) * c)
-                + 2.0 * a * c) / (1.0 + a * a)
-    c = np.asarray(c, np.float64) if not isinstance(c, float) else c
-    k = (1.0 - a) ** 2 / np.pi
+    # Plain floats go through `math`: the network-level searches call this ~100 times per evaluation,
+    # where NumPy's per-call overhead costs 5x the arithmetic. (NumPy keeps c = +-1 of the 2nd derivative.)
+    xp = math if isinstance(c, float) and -1.0 <= c <= 1.0 and derivative < 2 else np
+    if xp is np:
+        c = np.asarray(c, np.float64) if not isinstance(c, float) else c
+    k = (1.0 - a) ** 2 / math.pi
     if derivative == 0:
-        val = k * (np.sqrt(1.0 - c * c) + (np.pi - np.arccos(c)) * c) + 2.0 * a * c
+        val = k * (xp.sqrt(1.0 - c * c) + (math.pi - xp.acos(c)) * c) + 2.0 * a * c
     elif derivative == 1:
-        val = k * (np.pi - np.arccos(c)) + 2.0 * a
+        val = k * (math.pi - xp.acos(c)) + 2.0 * a
     elif derivative == 2:
         with np.errstate(divide="ignore"):
             val = k / np.sqrt(1.0 - c * c) if k else 0.0 * c
