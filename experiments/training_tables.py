@@ -389,6 +389,55 @@ def fashion_mnist_depth(workdir: Path, quick: bool) -> tables.TableResult:
 
 
 # ----------------------------------------------------------------------------------------------
+# CIFAR-10 on 2 CPU cores: ResNet-shaped convnets at reduced width, every row tuned.
+
+# Method fields are configs/cifar10.py's own options (arch, method, activation): its per-architecture
+# choices (PLN for the transformed vanilla nets, shortcut weight 0.8 for the TAT-ResNet, batch norm with
+# ReLU for the baseline) hold here too.
+CIFAR_METHODS = (
+    Method("TAT leaky_relu", dict(arch="vanilla_resnet", method="TAT", activation="leaky_relu")),
+    Method("DKS softplus", dict(arch="vanilla_resnet", method="DKS", activation="softplus")),
+    Method("EOC relu", dict(arch="vanilla_resnet", method="EOC", activation="relu")),
+    Method("ResNet, TAT leaky_relu (shortcut weight 0.8)", dict(arch="tat_resnet", method="TAT",
+                                                                activation="leaky_relu")),
+    Method("ResNet-V2 + BN (relu)", dict(arch="resnet_bn"), grid="bn"),
+)
+
+
+def _cifar_config_fn(width: float, num_epochs: float, batch_size: int):
+    """Rows built from ``configs/cifar10.py``'s variants, at the table's budget."""
+
+    def make(depth: int, method: Method, optimizer: str):
+        from configs import cifar10  # pylint: disable=g-import-not-at-top
+
+        arg = ",".join(f"{k}={v}" for k, v in method.fields.items())
+        c = cifar10.get_config(f"{arg},depth={depth},width={width},optimizer={optimizer}")
+        c.num_epochs, c.batch_size = num_epochs, batch_size
+        c.schedule.warmup_epochs = 0.1 * num_epochs
+        c.validation_fraction = 0.1
+        c.log_every_steps = 20
+        c.eval_every_steps = c.checkpoint_every_steps = 10**9
+        return c
+
+    return make
+
+
+CIFAR_QUICK = Protocol(
+    depths=(18, 34), methods=CIFAR_METHODS, optimizers=("sgd",), fields={},
+    learning_rates={("sgd", "vanilla"): (0.003, 0.01, 0.03), ("sgd", "bn"): (0.03, 0.1, 0.3)},
+    config_fn=_cifar_config_fn(width=0.25, num_epochs=1.0, batch_size=128),
+    description="quick mode: SGD only (a convnet K-FAC row does not fit this budget), width 0.25 "
+                "(16-128 channels), 1 epoch, 3 learning rates per row, 2 seeds")
+
+
+@tables.register_table("cifar10_quick_depth", group="training",
+                       title="CIFAR-10: ResNet-shaped convnets at reduced width, tuned per row (2 CPU cores)")
+def cifar10_quick_depth(workdir: Path, quick: bool) -> tables.TableResult:
+    del quick  # the quick budget is this table's only one; the full budgets are `cifar10_depth`'s commands
+    return depth_table("cifar10", "cifar10_quick_depth", workdir, CIFAR_QUICK)
+
+
+# ----------------------------------------------------------------------------------------------
 # Launch tables for accelerators.
 
 _LAUNCH = {
