@@ -48,6 +48,23 @@ def test_selection_uses_validation_only_and_breaks_ties_by_loss():
     assert sweep.select([results[3]])[0] is None
 
 
+def test_seeds_are_averaged_not_picked():
+    # lr=1 has the luckiest single seed (0.99) but the lower mean; lr=2 is better on average; lr=3 has
+    # the best mean of its usable seeds but diverged at one seed, so it is not a setting that trains.
+    acc = {(1, 0): 0.99, (1, 1): 0.80, (2, 0): 0.95, (2, 1): 0.94, (3, 0): 0.99}
+    results = [_result({"lr": lr, "seed": seed}, validation_accuracy=acc[(lr, seed)], validation_loss=0.1)
+               for lr, seed in acc] + [_result({"lr": 3, "seed": 1}, "diverged", validation_accuracy=None)]
+    chosen, why = sweep.select(results)
+    assert results[chosen].point == {"lr": 2, "seed": 0}
+    assert why.startswith("highest mean validation accuracy 0.9450 over 2 seeds (next: 0.8950 at lr=1;")
+    assert "1 of 3 settings not usable at every seed" in why
+    table = sweep.markdown(sweep.SweepResult(results, chosen, why, "validation_accuracy"), ["lr", "seed"])
+    assert table.count("**chosen**") == 2 and "Chosen: lr=2, highest mean" in table
+    # Without a seed axis nothing is averaged: the best point wins.
+    assert sweep.select([_result({"lr": lr}, validation_accuracy=acc[(lr, 0)], validation_loss=0.1)
+                         for lr in (1, 2)])[0] == 0
+
+
 def test_at_chance_runs_are_not_usable():
     row = sweep._classify({}, REPO, {"status": "completed", "validation_accuracy": 0.11,
                                       "chance_accuracy": 0.1})

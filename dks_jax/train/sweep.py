@@ -4,8 +4,9 @@
 3e-3], "seed": [0, 1]}``) in ``workdir/<point>/`` (points that already finished are not rerun), ``parallel``
 at a time in worker processes, and chooses the best point on the *validation* split held out of the
 training set (``config.validation_fraction``; the sweep holds out 10% when the config holds out nothing):
-the highest validation accuracy, ties broken by the lower validation loss. The test split is evaluated and
-reported, never used to choose. A point that fails, diverges or ends at chance is a row with its reason.
+the highest validation accuracy, ties broken by the lower validation loss; with a ``seed`` axis, the
+setting with the best mean over its seeds (among those that trained at every seed). The test split is
+evaluated and reported, never used to choose. A point that fails, diverges or ends at chance is a row with its reason.
 ``sweep.md`` and ``sweep.json`` in ``workdir`` list every point, the chosen one and why.
 
 ``tune_then_seeds`` is the papers' protocol for one table row: sweep on validation with one seed, then
@@ -188,23 +189,43 @@ class SweepResult:
         return None if self.chosen is None else self.results[self.chosen]
 
 
+def _settings(point: Mapping[str, Any]) -> tuple:
+    """A point without its seed: the setting that seeds repeat."""
+    return tuple(sorted((k, repr(v)) for k, v in point.items() if k != "seed"))
+
+
 def select(results: Sequence[PointResult], metric: str = "validation_accuracy") -> tuple[int | None, str]:
-    """The best usable point by ``metric`` (higher is better for accuracies, lower for losses)."""
+    """The best usable point by ``metric`` (higher is better for accuracies, lower for losses).
+
+    When the grid repeats settings over several seeds (a ``seed`` axis), a setting is ranked by its mean
+    over its seeds, and only a setting that trained at every seed is eligible: the best single seed of a
+    noisy grid is the luckiest, not the best setting. The returned index is the chosen setting's first run.
+    """
     if not metric.startswith("validation_"):
         raise configlib.ConfigError(f"sweeps choose on the validation split; got metric {metric!r} (use "
                                     "validation_accuracy or validation_loss).")
-    usable = [i for i, r in enumerate(results) if r.usable and math.isfinite(r.metric(metric))]
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault(_settings(r.point), []).append(i)
+    seeded = any(len(members) > 1 for members in groups.values())
+    ok = lambda i: results[i].usable and math.isfinite(results[i].metric(metric))
+    usable = [members for members in groups.values() if all(ok(i) for i in members)]
     if not usable:
         # The reason too when it is short enough to read in a table cell (a failed set-up says why).
         reasons = "; ".join(f"{point_name(r.point)}: {r.status}"
                             + (f" ({r.reason.splitlines()[0][:160]})" if r.status == "failed" and r.reason else "")
-                            for r in results)
-        return None, f"no point is usable ({reasons})."
+                            for i, r in enumerate(results) if not seeded or not ok(i))
+        return None, (f"no setting trained at every seed ({reasons})." if seeded else
+                      f"no point is usable ({reasons}).")
     higher = metric.endswith("accuracy")
     tie = "validation_loss" if higher else "validation_accuracy"
 
-    def key(i: int) -> tuple[float, float]:
-        value, other = results[i].metric(metric), results[i].metric(tie)
+    def mean(members: list[int], name: str) -> float:
+        values = [results[i].metric(name) for i in members]
+        return math.nan if any(math.isnan(v) for v in values) else sum(values) / len(values)
+
+    def key(members: list[int]) -> tuple[float, float]:
+        value, other = mean(members, metric), mean(members, tie)
         # Accuracy: highest first, then the lowest loss. Loss: lowest first, then the highest accuracy.
         # A missing tie-breaker ranks last.
         if higher:
@@ -213,15 +234,25 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
 
     ranked = sorted(usable, key=key)
     best = ranked[0]
-    text = f"{'highest' if higher else 'lowest'} {metric.replace('_', ' ')} {results[best].metric(metric):.4f}"
+    name = lambda members: point_name(_settings_point(results[members[0]].point))
+    label = f"{'highest' if higher else 'lowest'} {'mean ' if seeded else ''}{metric.replace('_', ' ')}"
+    text = f"{label} {mean(best, metric):.4f}"
+    if seeded:
+        text += f" over {len(best)} seeds"
     if len(ranked) > 1:
         runner = ranked[1]
-        text += (f" (next: {results[runner].metric(metric):.4f} at {point_name(results[runner].point)}; "
-                 f"ties broken by {tie.replace('_', ' ')})")
-    skipped = len(results) - len(usable)
+        where = name(runner) if seeded else point_name(results[runner[0]].point)
+        text += f" (next: {mean(runner, metric):.4f} at {where}; ties broken by {tie.replace('_', ' ')})"
+    skipped = len(groups) - len(usable)
     if skipped:
-        text += f"; {skipped} of {len(results)} points not usable (failed, diverged or at chance)"
-    return best, text + "."
+        text += (f"; {skipped} of {len(groups)} settings not usable at every seed (failed, diverged or at "
+                 "chance)" if seeded else
+                 f"; {skipped} of {len(results)} points not usable (failed, diverged or at chance)")
+    return best[0], text + "."
+
+
+def _settings_point(point: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in point.items() if k != "seed"}
 
 
 def run_points(configs: Sequence[tuple[dict[str, Any], Any, Path]], *, parallel: int = 1,
@@ -290,6 +321,9 @@ _COLUMNS = (("validation acc.", "validation_accuracy", "{:.4f}"), ("validation l
 def markdown(result: SweepResult, axes: Sequence[str]) -> str:
     """The sweep table: one row per point, the chosen one marked, and why."""
     head = list(axes) + [c[0] for c in _COLUMNS] + ["status"]
+    # Every seed of the chosen setting is marked (selection ranks settings by their mean over seeds).
+    chosen_runs = set() if result.best is None else {
+        i for i, r in enumerate(result.results) if _settings(r.point) == _settings(result.best.point)}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(result.results):
         cells = [_fmt(r.point.get(a)) for a in axes]
@@ -297,9 +331,10 @@ def markdown(result: SweepResult, axes: Sequence[str]) -> str:
             value = r.summary.get(key)
             cells.append("-" if value is None else fmt.format(value))
         status = r.status + (f": {r.reason}" if r.reason else "")
-        cells.append(("**chosen** " if i == result.chosen else "") + status.replace("|", "/"))
+        cells.append(("**chosen** " if i in chosen_runs else "") + status.replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
-    chosen = (f"Chosen: {point_name(result.best.point)}, {result.why}" if result.best is not None
+    shown = result.best and (result.best.point if len(chosen_runs) == 1 else _settings_point(result.best.point))
+    chosen = (f"Chosen: {point_name(shown)}, {result.why}" if result.best is not None
               else f"Chosen: none; {result.why}")
     return "\n".join(lines) + f"\n\n{chosen}\n"
 
