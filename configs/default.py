@@ -3,6 +3,8 @@
 Usage:
   python -m experiments.train --config=configs/default.py --workdir=/tmp/dks_default
   python -m experiments.train --config=configs/default.py:tiny --workdir=/tmp/t --config.depth=20
+  python -m experiments.sweep --config=configs/default.py --workdir=sweeps/digits \
+      --config.validation_fraction=0.2 --parallel=2 --threads_per_point=1   # the grid of get_sweep
 
 Options (``:a=b,flag``): ``tiny`` (a few real steps on the CPU, used by the tests).
 """
@@ -31,3 +33,13 @@ def get_config(arg: str = ""):
     if opts["tiny"]:
         configlib.tiny(c, depth=16)  # eta = 0.9 needs >= 13 Leaky ReLU layers
     return c
+
+
+def get_sweep(arg: str = ""):
+    """The grid the defaults above were chosen from (``python -m experiments.sweep``, see the docstring).
+
+    Chosen on 20% of the training images held out, by the best mean validation accuracy over two seeds.
+    """
+    del arg
+    return {"learning_rate": [0.005, 0.01, 0.02], "depth": [20, 50], "num_epochs": [30.0, 60.0],
+            "seed": [0, 1]}

@@ -46,7 +46,8 @@ def test_tiny_lm_table_trains_rows_and_reports_claims(tmp_path):
     if not (paths.resolve_data_dir() / "cpython_stdlib").exists():
         pytest.skip("../shared/data/cpython_stdlib is absent")
     protocol = dataclasses.replace(
-        lm_tables.quick_protocol(), depths=(3,), learning_rates={("adam", "vanilla"): (3e-3,)}, seeds=(0,),
+        lm_tables.quick_protocol(), depths=(3,), seeds=(0,),
+        learning_rates={("adam", "vanilla"): (3e-3,), ("adam", "standard"): (3e-3,)},
         config_fn=lm_tables._config_fn(width=16, seq_len=16, batch_size=8, steps=30),  # pylint: disable=protected-access
         description="test budget")
     result = lm_tables.depth_table("tiny_lm", tmp_path, protocol, log=lambda *_: None)

@@ -132,9 +132,9 @@ def test_cifar10_quick_rows_are_the_cifar10_configs_variants():
         ("vanilla_resnet", "EOC", "relu"), ("tat_resnet", "TAT", "leaky_relu"),
         ("resnet_bn", "untransformed", "relu")]
     for label, c in configs.items():
-        assert (c.dataset, c.width_multiplier, c.num_epochs, c.validation_fraction) == ("cifar10", 0.25, 1.0,
+        assert (c.dataset, c.width_multiplier, c.num_epochs, c.validation_fraction) == ("cifar10", 0.25, 0.6,
                                                                                        0.1), label
-        assert c.schedule.warmup_epochs == pytest.approx(0.1)
+        assert c.schedule.warmup_epochs == pytest.approx(0.06)
     # The per-architecture choices come from configs/cifar10.py: PLN for the transformed vanilla nets,
     # shortcut weight 0.8 for the TAT-ResNet, its own (larger) grid for batch norm.
     assert configs["TAT leaky_relu"].pln_mode == "const" and configs["EOC relu"].pln_mode == ""
