@@ -369,8 +369,20 @@ def test_every_config_tiny_variant_trains(tmp_path, config_arg, optimizer):
 
 
 @pytest.mark.slow
-def test_default_run_reaches_95_percent(tmp_path):
-    """The README's main command: the full default config, to completion (about a minute here)."""
+def test_default_run_reaches_96_percent(tmp_path):
+    """The README's main command: the full default config, to completion (about 15 s here)."""
     summary = _train(tmp_path, "default.py")
-    assert summary["status"] == "completed" and summary["epochs"] == pytest.approx(30.0)
-    assert summary["test_accuracy"] >= 0.95, summary
+    assert summary["status"] == "completed" and summary["epochs"] == pytest.approx(60.0)
+    # 96.7 / 96.9 / 97.5% for seeds 0 / 1 / 2 when the defaults were chosen.
+    assert summary["test_accuracy"] >= 0.96, summary
+
+
+def test_default_settings_are_a_point_of_its_sweep_grid():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config, axes = module.get_config(), module.get_sweep()
+    assert set(axes) == {"learning_rate", "depth", "weight_decay", "seed"}
+    for field, values in axes.items():
+        assert config[field] in values, field
