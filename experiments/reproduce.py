@@ -153,7 +153,7 @@ def write_index(index_path: Path, workdir: Path, command: str, wall_seconds: flo
         else:
             lines.append(f"- `{spec.name}` ({spec.title}, group `{spec.group}`): not generated yet; run "
                          f"`python -m experiments.reproduce --table={spec.name} "
-                         f"--workdir={rel.as_posix()}` and rebuild this index.")
+                         f"--workdir={workdir.as_posix()}` and rebuild this index.")
     body = "\n".join(lines) + "\n\n" + "\n\n---\n\n".join(s.strip() for s in sections) + "\n"
     index_path.write_text(body, encoding="utf-8")
     return included

@@ -141,6 +141,8 @@ def test_index_gathers_tables_with_relinked_figures(quick_run):
     assert "## TAT Leaky ReLU (eta 0.9)" in index
     assert "](../tat_depth_slope.png)" in index and "](../eta_sweep_slope.png)" in index
     assert "`dks_params`" in index and "not generated yet" in index
+    # The hint names the table folder as it was given (not relative to the index).
+    assert f"--table=dks_params --workdir={workdir.as_posix()}`" in index
 
 
 def test_unknown_table_is_a_clear_error(tmp_path, capsys):
