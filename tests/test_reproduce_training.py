@@ -139,7 +139,7 @@ def test_cifar10_quick_rows_are_the_cifar10_configs_variants():
     # shortcut weight 0.8 for the TAT-ResNet, its own (larger) grid for batch norm.
     assert configs["TAT leaky_relu"].pln_mode == "const" and configs["EOC relu"].pln_mode == ""
     assert configs["ResNet, TAT leaky_relu (shortcut weight 0.8)"].shortcut_weight == 0.8
-    assert protocol.axes("sgd", training_tables.CIFAR_METHODS[4])["learning_rate"] == [0.03, 0.1, 0.3]
+    assert protocol.axes("sgd", training_tables.CIFAR_METHODS[4])["learning_rate"] == [0.1, 0.3, 1.0]
     assert "cifar10_quick_depth" in [spec.name for spec in tables.list_tables()]
 
 
