@@ -40,8 +40,7 @@ def _config_fn(width: int, seq_len: int, batch_size: int, steps: int):
         from configs import lm  # pylint: disable=g-import-not-at-top
         from dks_jax.data import text  # pylint: disable=g-import-not-at-top
 
-        arg = ",".join(f"{k}={v}" for k, v in method.fields.items())
-        c = lm.get_config(f"{arg},depth={depth},width={width},optimizer={optimizer}")
+        c = tt.variant_config(lm, method, depth=depth, width=width, optimizer=optimizer)
         tokens = len(text.load_cpython_chars("train", c.data_dir or None))
         c.seq_len, c.batch_size, c.eval_batch_size = seq_len, batch_size, 512
         c.num_epochs = steps * batch_size * seq_len / tokens  # the cosine schedule ends with the budget

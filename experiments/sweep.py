@@ -8,9 +8,10 @@ Every combination of the --sweep axes is trained in WORKDIR/<field=value,...>/ (
 not rerun; rerun the command to resume a sweep), --parallel points at a time. The config holds out
 config.validation_fraction of the training set (10% when it holds out nothing) and the point with the best
 validation accuracy (ties: lower validation loss; with a seed axis, the best mean over the seeds) is
-chosen; test accuracy is reported, never used to choose. Failed, diverged and at-chance points are rows with their reason. WORKDIR/sweep.md and sweep.json
-list every point, the chosen one and why. A config file may define ``get_sweep(arg)`` returning the axes
-(``{"learning_rate": [...], ...}``); --sweep flags replace them.
+chosen; test accuracy is reported, never used to choose. Failed, diverged and at-chance points are rows
+with their reason. WORKDIR/sweep.md and sweep.json list every point, the chosen one and why. A config
+file may define ``get_sweep(arg)`` returning the axes (``{"learning_rate": [...], ...}``); --sweep flags
+replace them.
 """
 
 from __future__ import annotations

@@ -405,14 +405,21 @@ CIFAR_METHODS = (
 )
 
 
+def variant_config(config_module: Any, method: Method, **fields: Any):
+    """``config_module.get_config`` of the variant named by ``method.fields`` plus ``fields``.
+
+    Rows built this way inherit the config file's per-variant choices (what ``--config=file.py:arg`` gives).
+    """
+    return config_module.get_config(",".join(f"{k}={v}" for k, v in {**method.fields, **fields}.items()))
+
+
 def _cifar_config_fn(width: float, num_epochs: float, batch_size: int):
     """Rows built from ``configs/cifar10.py``'s variants, at the table's budget."""
 
     def make(depth: int, method: Method, optimizer: str):
         from configs import cifar10  # pylint: disable=g-import-not-at-top
 
-        arg = ",".join(f"{k}={v}" for k, v in method.fields.items())
-        c = cifar10.get_config(f"{arg},depth={depth},width={width},optimizer={optimizer}")
+        c = variant_config(cifar10, method, depth=depth, width=width, optimizer=optimizer)
         c.num_epochs, c.batch_size = num_epochs, batch_size
         c.schedule.warmup_epochs = 0.1 * num_epochs
         c.validation_fraction = 0.1

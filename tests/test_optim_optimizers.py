@@ -1,6 +1,9 @@
 """SGD / Adam / K-FAC behind one step interface: update rules, L2, decrease, BN state."""
 
+import os
 import re
+import subprocess
+import sys
 
 import haiku as hk
 import jax
@@ -8,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO
 from dks_jax import optim
 
 NUM_CLASSES = 3
@@ -430,3 +434,74 @@ def test_kfac_refreshes_inverses_only_every_period_steps():
     assert not np.allclose(caches[3], caches[2])
     np.testing.assert_array_equal(caches[4], caches[3])
     assert len(opt._jitted) == 2  # pylint: disable=protected-access  # refresh and other steps
+
+
+def _lowered_text(name, loss_fn, params, state, batch, lr, **config):
+    opt = optim.make_optimizer(name, loss_fn, lr, **config)
+    rng = jax.random.PRNGKey(1)
+    train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, batch))
+    return opt.lower(train_state, rng, batch).as_text()
+
+
+@pytest.mark.parametrize("name,config_a,config_b", [
+    ("sgd", {}, {}), ("adam", {}, {}),
+    ("kfac", dict(damping=1e-3, momentum=0.9), dict(damping=0.3, momentum=0.5))])
+def test_hyperparameter_grid_points_lower_to_one_program(name, config_a, config_b):
+    """Runs that differ in the peak learning rate (and K-FAC's damping and momentum) lower to the same
+    program text, so the persistent compilation cache serves every point of such a sweep after the
+    first; a change of schedule shape (here the warm-up) still gives another program."""
+    loss_fn, params, state, batch = _linear_softmax_setup()
+
+    def text(peak, warmup=2, **config):
+        lr = optim.get_schedule("cosine", peak_value=peak, total_steps=50, warmup_steps=warmup)
+        return _lowered_text(name, loss_fn, params, state, batch, lr, **config)
+
+    reference = text(0.1, **config_a)
+    assert text(0.37, **config_b) == reference
+    assert text(0.1, warmup=3, **config_a) != reference
+
+
+@pytest.mark.parametrize("name", ["sgd", "kfac"])
+def test_learning_rate_metric_is_scale_times_shape_at_the_step(name):
+    """The compiled step multiplies the schedule's shape at the optimizer's own step counter (kfac_jax's
+    for K-FAC) by the scale it is given; the metric equals the schedule at every step."""
+    loss_fn, params, state, batch = _linear_softmax_setup()
+    sched = optim.get_schedule("piecewise_constant", peak_value=0.3, total_steps=6, warmup_steps=2,
+                               boundaries=(0.5,), factors=(0.1,))
+    opt = optim.make_optimizer(name, loss_fn, sched)
+    assert opt.runtime_hyperparams()["learning_rate"] == pytest.approx(0.3)
+    rng = jax.random.PRNGKey(0)
+    train_state = optim.TrainState.create(params, state, opt.init(params, state, rng, batch))
+    step = opt.jit_step()
+    seen = []
+    for _ in range(6):
+        train_state, metrics = step(train_state, rng, batch)
+        seen.append(float(metrics["learning_rate"]))
+    np.testing.assert_allclose(seen, [0.0, 0.15, 0.3, 0.03, 0.03, 0.03], rtol=1e-6, atol=1e-9)
+
+
+# Prints a hash of the lowered K-FAC step of the tiny CIFAR-10 convnet config (conv, strided conv and
+# dense layers) at the learning rate and damping given as arguments.
+_LOWERED_KFAC_HASH = """
+import hashlib, sys
+import jax
+from configs import cifar10
+from dks_jax.train import loop
+c = cifar10.get_config("optimizer=kfac,tiny=True")
+c.learning_rate, c.optimizer.kfac.damping = float(sys.argv[1]), float(sys.argv[2])
+exp = loop.Experiment(c)
+text = exp.optimizer.lower(exp.init_state(), jax.random.PRNGKey(0), next(exp.train_iterator(0))).as_text()
+print(hashlib.sha256(text.encode()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_kfac_step_is_one_program_across_processes_and_grid_points():
+    """Fresh processes lower the K-FAC step of one config to the same program, whatever its learning
+    rate and damping (kfac_jax's tracer ordered some constants by memory address before
+    `kfac._make_kfac_tracing_deterministic`, so every process compiled again)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    hashes = {subprocess.run([sys.executable, "-c", _LOWERED_KFAC_HASH, lr, damping], cwd=REPO, env=env,
+                             check=True, capture_output=True, text=True).stdout.split()[-1]
+              for lr, damping in (("0.01", "0.1"), ("0.01", "0.1"), ("0.3", "1e-3"))}
+    assert len(hashes) == 1, hashes

@@ -107,3 +107,31 @@ def test_registered_piecewise_reads_fractions_of_training():
     sched = schedules.get_schedule("piecewise_constant", peak_value=1.0, total_steps=40,
                                    boundaries=(0.25, 0.5), factors=(0.1, 0.5))
     assert [float(sched(t)) for t in (9, 10, 19, 20)] == pytest.approx([1.0, 0.1, 0.1, 0.05])
+
+
+@pytest.mark.parametrize("name,options,direct", [
+    ("constant", {}, lambda: schedules.linear_warmup(schedules.constant(0.2), 3)),
+    ("cosine", dict(end_value=0.02), lambda: schedules.cosine(0.2, 20, warmup_steps=3, end_value=0.02)),
+    ("piecewise_constant", dict(boundaries=(0.5,), factors=(0.1,)),
+     lambda: schedules.linear_warmup(schedules.piecewise_constant(0.2, (0.5,), (0.1,), 20), 3)),
+])
+def test_registered_schedules_keep_the_peak_apart(name, options, direct):
+    """The registered schedules are `Scaled` by their peak (what the optimizers feed to the compiled step)
+    and equal the schedules written with the peak inside, at every step."""
+    sched = schedules.get_schedule(name, peak_value=0.2, total_steps=20, warmup_steps=3, **options)
+    assert isinstance(sched, schedules.Scaled) and sched.scale == pytest.approx(0.2)
+    shape, scale = schedules.split_scale(sched)
+    steps = np.arange(25)
+    expected = np.array([float(direct()(t)) for t in steps])
+    np.testing.assert_allclose([float(sched(t)) for t in steps], expected, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose([scale * float(shape(t)) for t in steps], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_split_scale_of_numbers_and_plain_schedules():
+    shape, scale = schedules.split_scale(0.5)
+    assert scale == 0.5 and float(shape(7)) == 1.0
+    plain = schedules.cosine(0.1, 10)
+    assert schedules.split_scale(plain) == (plain, 1.0)
+    # A zero peak has no scale to factor out: the schedule stays whole (and zero).
+    zero = schedules.get_schedule("cosine", peak_value=0.0, total_steps=10, end_value=0.0)
+    assert not isinstance(zero, schedules.Scaled) and float(zero(3)) == 0.0

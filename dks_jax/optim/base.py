@@ -17,6 +17,12 @@ Loss function contract (`LossFn`)::
   (`losses.classification_loss(..., register_for_kfac=True)`); check
   `optimizer.needs_loss_registration`. Registration is harmless for SGD/Adam.
 
+Hyper-parameters the optimizers name in `runtime_hyperparams()` (the learning
+rate's scale; K-FAC's damping and momentum) are inputs of the compiled step,
+not constants in it: runs that differ only in them share one program, so the
+points of a learning-rate or damping sweep after the first load it from the
+persistent compilation cache instead of compiling it again.
+
 Step metrics (all scalars): `loss` (data loss), `l2_loss` (l2_reg * penalty),
 `objective` (loss + l2_loss, what is minimised), `learning_rate`, `momentum`,
 the entries of `aux`, plus per-optimizer extras (`grad_norm` for SGD/Adam;
@@ -45,6 +51,7 @@ PRNGKey = jax.Array
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Params, FuncState, PRNGKey, Batch], tuple[jax.Array, tuple[FuncState, Metrics]]]
 StepOutput = tuple[Params, OptState, FuncState, Metrics]
+Hyper = dict[str, jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -88,8 +95,14 @@ class StepOptimizer(Protocol):
         """Returns the initial optimizer state (batch: an example batch)."""
 
     def step(self, params: Params, opt_state: OptState, func_state: FuncState, rng: PRNGKey,
-             batch: Batch, global_step: int) -> StepOutput:
-        """One update; traceable by jax.jit for a fixed `static_key(global_step)`."""
+             batch: Batch, global_step: int, hyper: Optional[Hyper] = None) -> StepOutput:
+        """One update; traceable by jax.jit for a fixed `static_key(global_step)`.
+
+        `hyper` holds the values of `runtime_hyperparams()` (traced under jit); None uses those.
+        """
+
+    def runtime_hyperparams(self) -> dict[str, float]:
+        """The hyper-parameters the compiled step takes as inputs, by name."""
 
     def static_key(self, global_step: int) -> Hashable:
         """What of `global_step` the traced step depends on (one compile per key)."""
@@ -148,8 +161,18 @@ class BaseOptimizer:
         raise NotImplementedError
 
     def step(self, params: Params, opt_state: OptState, func_state: FuncState, rng: PRNGKey,
-             batch: Batch, global_step: int) -> StepOutput:
+             batch: Batch, global_step: int, hyper: Optional[Hyper] = None) -> StepOutput:
         raise NotImplementedError
+
+    def runtime_hyperparams(self) -> dict[str, float]:
+        """None by default; subclasses name what their step reads from `hyper`."""
+        return {}
+
+    def _hyper(self, hyper: Optional[Hyper]) -> Hyper:
+        """`hyper`, or this optimizer's own values when the step is called without it."""
+        if hyper is None:
+            return {k: jnp.asarray(v, jnp.float32) for k, v in self.runtime_hyperparams().items()}
+        return hyper
 
     def static_key(self, global_step: int) -> Hashable:
         """First-order steps do not depend on the Python step at all."""
@@ -183,6 +206,7 @@ class BaseOptimizer:
         """
         if mesh is not None:
             sharding.check_data_mesh(mesh)
+        hyper = {k: np.asarray(v, np.float32) for k, v in self.runtime_hyperparams().items()}
 
         def train_step(train_state: TrainState, rng: PRNGKey, batch: Batch
                        ) -> tuple[TrainState, Metrics]:
@@ -193,10 +217,21 @@ class BaseOptimizer:
                 compiled = self._compile(mesh, step)
                 self._jitted[key] = compiled
             params, opt_state, state, metrics = compiled(
-                train_state.params, train_state.opt_state, train_state.state, rng, batch)
+                train_state.params, train_state.opt_state, train_state.state, rng, batch, hyper)
             return TrainState.create(params, state, opt_state, step + 1), metrics
 
         return train_step
+
+    def lower(self, train_state: TrainState, rng: PRNGKey, batch: Batch,
+              mesh: Optional[Mesh] = None) -> jax.stages.Lowered:
+        """The program `jit_step(mesh)` runs for `train_state.step`, lowered but not compiled.
+
+        Its ``as_text()`` is what the persistent compilation cache keys on (with the compiler's
+        options); ``compile()`` gives the executable and its cost analysis.
+        """
+        hyper = {k: np.asarray(v, np.float32) for k, v in self.runtime_hyperparams().items()}
+        return self._compile(mesh, int(train_state.step)).lower(
+            train_state.params, train_state.opt_state, train_state.state, rng, batch, hyper)
 
     def _compile(self, mesh: Optional[Mesh], global_step: int) -> Callable[..., StepOutput]:
         """jax.jit of `step` with the Python step fixed to a representative value."""
@@ -205,9 +240,9 @@ class BaseOptimizer:
         if mesh is None:
             return jax.jit(fn, donate_argnums=(0, 1))
         rep, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-        return jax.jit(fn, in_shardings=(rep, rep, rep, rep, data), out_shardings=rep,
+        return jax.jit(fn, in_shardings=(rep, rep, rep, rep, data, rep), out_shardings=rep,
                        donate_argnums=(0, 1))
 
     def _step_positional(self, params: Params, opt_state: OptState, func_state: FuncState,
-                         rng: PRNGKey, batch: Batch, *, global_step: int) -> StepOutput:
-        return self.step(params, opt_state, func_state, rng, batch, global_step)
+                         rng: PRNGKey, batch: Batch, hyper: Hyper, *, global_step: int) -> StepOutput:
+        return self.step(params, opt_state, func_state, rng, batch, global_step, hyper)

@@ -2,7 +2,8 @@
 
 optax supplies the update direction (momentum trace, Adam moments); the
 learning rate is applied here from our own step counter so that the
-`learning_rate` metric is exactly the value used for the step.
+`learning_rate` metric is exactly the value used for the step. Its scale is a
+runtime input of the compiled step (`runtime_hyperparams`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class _FirstOrder(base.BaseOptimizer):
                  direction: optax.GradientTransformation, momentum: float) -> None:
         super().__init__()
         self._objective = base.with_l2(loss_fn, l2_reg, exclude_biases_from_l2)
-        self._learning_rate = schedules.as_schedule(learning_rate)
+        self._lr_shape, self._lr_scale = schedules.split_scale(learning_rate)
         self._direction = direction
         self._momentum = float(momentum)
 
@@ -73,13 +74,19 @@ class _FirstOrder(base.BaseOptimizer):
         del func_state, rng, batch
         return FirstOrderState(count=jnp.zeros([], jnp.int32), inner=self._direction.init(params))
 
+    def runtime_hyperparams(self) -> dict[str, float]:
+        """The learning rate's scale (its peak for the registered schedules)."""
+        return {"learning_rate": self._lr_scale}
+
     def step(self, params: base.Params, opt_state: FirstOrderState, func_state: base.FuncState,
-             rng: base.PRNGKey, batch: base.Batch, global_step: int) -> base.StepOutput:
+             rng: base.PRNGKey, batch: base.Batch, global_step: int,
+             hyper: base.Hyper | None = None) -> base.StepOutput:
         """One step; `global_step` is unused (the schedule reads `opt_state.count`)."""
         del global_step
+        hyper = self._hyper(hyper)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
         (objective, (new_func_state, aux)), grads = grad_fn(params, func_state, rng, batch)
-        lr = self._learning_rate(opt_state.count)
+        lr = (self._lr_shape(opt_state.count) * hyper["learning_rate"]).astype(jnp.float32)
         direction, inner = self._direction.update(grads, opt_state.inner, params)
         new_params = jax.tree_util.tree_map(
             lambda p, d: (p - lr.astype(p.dtype) * d).astype(p.dtype), params, direction)

@@ -21,8 +21,11 @@ How kfac_jax 0.0.8 is driven here (all checked against its source):
   passes separately, via kfac_jax's `_burnin_phase` (a private method of 0.0.8;
   the pin in setup.py keeps it stable). Burn-in does not advance the
   optimizer's step counter.
-* learning rate, momentum and damping are passed as schedules (fixed values
-  become constant schedules), so `step` receives none of them.
+* learning rate, momentum and damping are passed to kfac_jax's `step` as
+  values (its schedules are None; adaptive values live in its state): the learning
+  rate is our schedule's shape at kfac_jax's step counter times its scale, and
+  the scale, momentum and damping are inputs of the compiled step
+  (`runtime_hyperparams`), so a learning-rate x damping grid compiles once.
 
 What a step costs, and the settings that make it cheap (`scripts/profile_kfac.py`
 measures each piece):
@@ -64,6 +67,47 @@ from jax.sharding import Mesh
 from dks_jax.optim import base
 from dks_jax.optim import schedules
 from dks_jax.optim import sharding
+
+
+class _FirstSeenOrderSet(set):
+    """A set that iterates in the order its elements were first added."""
+
+    def __init__(self, iterable: Iterable[Any] = ()) -> None:
+        items = list(dict.fromkeys(iterable))
+        super().__init__(items)
+        self._order = items
+
+    def add(self, item: Any) -> None:
+        if item not in self:
+            self._order.append(item)
+        super().add(item)
+
+    def update(self, *iterables: Iterable[Any]) -> None:
+        for iterable in iterables:
+            for item in iterable:
+                self.add(item)
+
+    def __iter__(self):
+        return iter([item for item in self._order if item in self])
+
+
+def _make_kfac_tracing_deterministic() -> None:
+    """Makes kfac_jax 0.0.8 emit the same program for the same model in every process.
+
+    Its tracer (`_layer_tag_vjp`) lists the layer tags' input variables through a plain ``set``, whose
+    order follows the variables' memory addresses, and creates one zero perturbation per variable in
+    that order: the lowered K-FAC step then differs from process to process (and between two
+    optimizers in one process) in the order of those constants, so the persistent compilation cache
+    missed almost every K-FAC program. Giving the tracer module a ``set`` that iterates in first-seen
+    (program) order fixes the order; the sets it builds are otherwise used only for membership and set
+    arithmetic, which this one keeps. Tested by `tests/test_optim_optimizers.py`.
+    """
+    from kfac_jax._src import tracer  # pylint: disable=g-import-not-at-top
+
+    tracer.set = _FirstSeenOrderSet
+
+
+_make_kfac_tracing_deterministic()
 
 # Constructor arguments this wrapper owns; `extra_kwargs` may not set them.
 _OWNED_KWARGS = frozenset({
@@ -394,6 +438,11 @@ class KFAC(base.BaseOptimizer):
         adaptive_lr = config.use_adaptive_learning_rate
         adaptive_mom = config.use_adaptive_momentum
         adaptive_damp = config.use_adaptive_damping
+        self._lr_shape, lr_scale = schedules.split_scale(learning_rate)
+        # What the compiled step takes as inputs (adaptive values live in kfac_jax's state).
+        self._runtime = {name: value for name, value, adaptive in (
+            ("learning_rate", lr_scale, adaptive_lr), ("momentum", config.momentum, adaptive_mom),
+            ("damping", config.damping, adaptive_damp)) if not adaptive}
         self._kfac = _Optimizer(
             curvature_stride=config.curvature_stride,
             value_and_grad_func=jax.value_and_grad(self._objective, has_aux=True),
@@ -407,11 +456,11 @@ class KFAC(base.BaseOptimizer):
             value_func_has_state=True,
             value_func_has_rng=True,
             use_adaptive_learning_rate=adaptive_lr,
-            learning_rate_schedule=None if adaptive_lr else schedules.as_schedule(learning_rate),
+            learning_rate_schedule=None,  # values passed to `step`: see the module docstring
             use_adaptive_momentum=adaptive_mom,
-            momentum_schedule=None if adaptive_mom else schedules.constant(config.momentum),
+            momentum_schedule=None,
             use_adaptive_damping=adaptive_damp,
-            damping_schedule=None if adaptive_damp else schedules.constant(config.damping),
+            damping_schedule=None,
             initial_damping=config.damping if adaptive_damp else None,
             damping_adaptation_interval=config.damping_adaptation_interval,
             norm_constraint=config.norm_constraint,
@@ -449,6 +498,10 @@ class KFAC(base.BaseOptimizer):
         # when the step is traced. The loss and gradients do not go through this trace.
         return self._kfac.init(params, rng, self.curvature_batch(batch), func_state)
 
+    def runtime_hyperparams(self) -> dict[str, float]:
+        """The learning rate's scale, momentum and damping, each unless kfac_jax adapts it."""
+        return dict(self._runtime)
+
     def static_key(self, global_step: int) -> Hashable:
         """(update curvature this step?, adapt damping this step?, refresh inverses this step?)."""
         cfg = self.config
@@ -460,15 +513,21 @@ class KFAC(base.BaseOptimizer):
 
     def step(self, params: base.Params, opt_state: kfac_jax.Optimizer.State,
              func_state: base.FuncState, rng: base.PRNGKey, batch: base.Batch,
-             global_step: int) -> base.StepOutput:
+             global_step: int, hyper: base.Hyper | None = None) -> base.StepOutput:
         """One K-FAC step; `global_step` must equal the optimizer's step counter."""
+        hyper = self._hyper(hyper)
+        values = {}
+        if "learning_rate" in hyper:
+            shape = self._lr_shape(opt_state.step_counter)
+            values["learning_rate"] = (shape * hyper["learning_rate"]).astype(jnp.float32)
+        values.update((k, hyper[k]) for k in ("momentum", "damping") if k in hyper)
         # In kfac_jax's staging context its own jitted methods run inline, traced by our
         # jit, so that the Python refresh decision below reaches the traced step (kfac_jax's
         # inner jit would otherwise reuse whichever program it traced first).
         with self._kfac.staging_context(), self._kfac.static_refresh(self.static_key(global_step)[2]):
             new_params, new_state, new_func_state, stats = self._kfac.step(
                 params, opt_state, rng, batch=batch, func_state=func_state,
-                global_step_int=int(global_step))
+                global_step_int=int(global_step), **values)
         stats = dict(stats)
         metrics = dict(stats.pop("aux"))
         clash = set(metrics).intersection(stats).difference({"loss"})
@@ -515,7 +574,8 @@ class KFAC(base.BaseOptimizer):
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
             opt_state, func_state = self._kfac._burnin_phase(  # pylint: disable=protected-access
                 num_steps=num, params=params, state=opt_state, rng=rng,
-                data_iterator=iter(taken), func_state=func_state, damping=None)
+                data_iterator=iter(taken), func_state=func_state,
+                damping=self._hyper(None).get("damping"))
         if mesh is not None:
             opt_state, func_state = sharding.replicate((opt_state, func_state), mesh)
         return opt_state, func_state

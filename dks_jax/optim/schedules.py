@@ -9,11 +9,15 @@ schedules with its internal step counter.
     sched = get_schedule("piecewise_constant", peak_value=0.1, total_steps=1000,
                          boundaries=(0.5, 0.75), factors=(0.1, 0.1))
     sched(0), sched(50), sched(1000)   # 0.0, 0.1, 0.0
+
+The registered schedules are `Scaled`: the peak is kept apart from the shape, and the optimizers feed
+it to their compiled step as an input, so a learning-rate sweep compiles one program.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import dataclasses
 import inspect
 import math
 from typing import Any, Union
@@ -161,23 +165,62 @@ def piecewise_constant(init_value: float, boundaries: Sequence[int | float],
     return schedule
 
 
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+    """The schedule ``scale * shape(step)``, with the scale kept apart from the shape.
+
+    The optimizers give ``scale`` to their compiled step as an input rather than a constant of the
+    program, so runs that differ only in the peak learning rate (the points of a learning-rate sweep)
+    compile the same program, and the persistent compilation cache serves every point after the first.
+    Calling it is calling the schedule it stands for.
+
+    Attributes:
+        shape: The schedule at scale 1.
+        scale: The factor (the peak value for the registered schedules).
+    """
+    shape: Schedule
+    scale: float
+
+    def __call__(self, step: Step) -> jax.Array:
+        return (self.shape(step) * jnp.asarray(self.scale, jnp.float32)).astype(jnp.float32)
+
+
+def split_scale(schedule: float | Schedule) -> tuple[Schedule, float]:
+    """``(shape, scale)`` with ``schedule(t) == scale * shape(t)``; a plain schedule has scale 1.
+
+    Args:
+        schedule: A number, a `Scaled` schedule or any other schedule.
+
+    Returns:
+        The shape (a schedule) and the scale (a float).
+    """
+    if isinstance(schedule, Scaled):
+        return schedule.shape, float(schedule.scale)
+    if callable(schedule):
+        return schedule, 1.0
+    return constant(1.0), float(schedule)
+
+
 def _constant_factory(peak_value: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
     del total_steps
-    return linear_warmup(constant(peak_value), warmup_steps)
+    return Scaled(linear_warmup(constant(1.0), warmup_steps), float(peak_value))
 
 
 def _cosine_factory(peak_value: float, total_steps: int, warmup_steps: int = 0,
                     end_value: float = 0.0) -> Schedule:
-    return cosine(peak_value, total_steps, warmup_steps=min(warmup_steps, total_steps),
-                  end_value=end_value)
+    peak, warmup_steps = float(peak_value), min(warmup_steps, total_steps)
+    if peak == 0.0:  # no scale to factor out
+        return cosine(peak, total_steps, warmup_steps=warmup_steps, end_value=end_value)
+    return Scaled(cosine(1.0, total_steps, warmup_steps=warmup_steps, end_value=float(end_value) / peak),
+                  peak)
 
 
 def _piecewise_factory(peak_value: float, total_steps: int, warmup_steps: int = 0,
                        boundaries: Sequence[float] = (0.5, 0.75),
                        factors: Sequence[float] = (0.1, 0.1)) -> Schedule:
     boundaries = [float(b) for b in boundaries]  # fractions of training
-    return linear_warmup(piecewise_constant(peak_value, boundaries, factors, total_steps),
-                         warmup_steps)
+    return Scaled(linear_warmup(piecewise_constant(1.0, boundaries, factors, total_steps), warmup_steps),
+                  float(peak_value))
 
 
 # Every registered factory takes (peak_value, total_steps, warmup_steps, **its own options): the
@@ -191,6 +234,10 @@ _SCHEDULES: dict[str, Callable[..., Schedule]] = {
 
 def register_schedule(name: str, factory: Callable[..., Schedule]) -> None:
     """Registers `factory(peak_value, total_steps, warmup_steps=0, **options) -> Schedule`.
+
+    A factory whose schedule is proportional to ``peak_value`` should return
+    ``Scaled(shape, peak_value)`` (as the built-in ones do), so that a learning-rate sweep compiles
+    its training step once; any other schedule works too, with the peak compiled into the program.
 
     Raises:
         ValueError: If `name` is taken.
@@ -232,7 +279,7 @@ def get_schedule(name: str, **kwargs: Any) -> Schedule:
 
 
 def as_schedule(value: float | Schedule) -> Schedule:
-    """Returns `value` itself if callable, else a constant schedule of it.
+    """Returns `value` itself if callable, else a constant schedule of it (a `Scaled` one).
 
     Args:
         value: A number or a schedule.
@@ -240,4 +287,4 @@ def as_schedule(value: float | Schedule) -> Schedule:
     Returns:
         A schedule.
     """
-    return value if callable(value) else constant(value)
+    return value if callable(value) else Scaled(constant(1.0), float(value))

@@ -101,8 +101,9 @@ class LossMonitor:
     """Tells a finite blow-up of the training loss from ordinary noise (NaN/Inf is checked separately).
 
     The reference is the mean loss of the run's first ``min(10, window_steps)`` steps; the run has
-    diverged when the mean over the last ``window_steps`` steps exceeds ``loss_factor`` times it. A resumed run rebuilds its history
-    from the logged rows (each row's mean loss standing for the steps since the previous row).
+    diverged when the mean over the last ``window_steps`` steps exceeds ``loss_factor`` times it. A resumed
+    run rebuilds its history from the logged rows (each row's mean loss standing for the steps since the
+    previous row).
 
     Args:
       loss_factor: How far above the reference counts as a blow-up (> 1).

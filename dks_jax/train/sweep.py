@@ -6,7 +6,8 @@ at a time in worker processes, and chooses the best point on the *validation* sp
 training set (``config.validation_fraction``; the sweep holds out 10% when the config holds out nothing):
 the highest validation accuracy, ties broken by the lower validation loss; with a ``seed`` axis, the
 setting with the best mean over its seeds (among those that trained at every seed). The test split is
-evaluated and reported, never used to choose. A point that fails, diverges or ends at chance is a row with its reason.
+evaluated and reported, never used to choose. A point that fails, diverges or ends at chance is a row
+with its reason.
 ``sweep.md`` and ``sweep.json`` in ``workdir`` list every point, the chosen one and why.
 
 ``tune_then_seeds`` is the papers' protocol for one table row: sweep on validation with one seed, then
@@ -189,9 +190,14 @@ class SweepResult:
         return None if self.chosen is None else self.results[self.chosen]
 
 
-def _settings(point: Mapping[str, Any]) -> tuple:
+def _settings_point(point: Mapping[str, Any]) -> dict[str, Any]:
     """A point without its seed: the setting that seeds repeat."""
-    return tuple(sorted((k, repr(v)) for k, v in point.items() if k != "seed"))
+    return {k: v for k, v in point.items() if k != "seed"}
+
+
+def _settings(point: Mapping[str, Any]) -> tuple:
+    """`_settings_point` as a hashable key."""
+    return tuple(sorted((k, repr(v)) for k, v in _settings_point(point).items()))
 
 
 def select(results: Sequence[PointResult], metric: str = "validation_accuracy") -> tuple[int | None, str]:
@@ -212,8 +218,10 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
     usable = [members for members in groups.values() if all(ok(i) for i in members)]
     if not usable:
         # The reason too when it is short enough to read in a table cell (a failed set-up says why).
-        reasons = "; ".join(f"{point_name(r.point)}: {r.status}"
-                            + (f" ({r.reason.splitlines()[0][:160]})" if r.status == "failed" and r.reason else "")
+        def why(r: PointResult) -> str:
+            return f" ({r.reason.splitlines()[0][:160]})" if r.status == "failed" and r.reason else ""
+
+        reasons = "; ".join(f"{point_name(r.point)}: {r.status}{why(r)}"
                             for i, r in enumerate(results) if not seeded or not ok(i))
         return None, (f"no setting trained at every seed ({reasons})." if seeded else
                       f"no point is usable ({reasons}).")
@@ -251,14 +259,10 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
     return best[0], text + "."
 
 
-def _settings_point(point: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in point.items() if k != "seed"}
-
-
 def run_points(configs: Sequence[tuple[dict[str, Any], Any, Path]], *, parallel: int = 1,
                threads_per_point: int | None = None,
                on_result: Callable[[PointResult], None] | None = None) -> list[PointResult]:
-    """Trains ``(point, config, workdir)`` triples (finished ones are read, not rerun), ``parallel`` at a time."""
+    """Trains ``(point, config, workdir)`` triples, ``parallel`` at a time; finished ones are read, not rerun."""
     results: list[PointResult | None] = [None] * len(configs)
     todo = []
     for index, (point, config, workdir) in enumerate(configs):
