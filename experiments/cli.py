@@ -253,10 +253,13 @@ def main_wrapper(main: Callable[[Sequence[str]], int | None], prog: str) -> None
             raise
         disk = disk_error(err)
         if disk is None:
-            try:
-                expected = expected_errors()
-            except ImportError:
-                expected = (configlib.ConfigError, UsageError, FileNotFoundError, ValueError)
+            # The common ones first: the others need the training stack imported (~1.5 s of a solve).
+            expected = (configlib.ConfigError, UsageError, FileNotFoundError, ValueError)
+            if not isinstance(err, expected):
+                try:
+                    expected = expected_errors()
+                except ImportError:
+                    pass
             if not isinstance(err, expected):
                 raise
             message = one_line(err)

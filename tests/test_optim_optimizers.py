@@ -505,3 +505,21 @@ def test_kfac_step_is_one_program_across_processes_and_grid_points():
                              check=True, capture_output=True, text=True).stdout.split()[-1]
               for lr, damping in (("0.01", "0.1"), ("0.01", "0.1"), ("0.3", "1e-3"))}
     assert len(hashes) == 1, hashes
+
+
+def test_an_optimizer_without_runtime_hyperparameters_keeps_the_plain_step_signature():
+    """A user's optimizer written against the six-argument `step` (no `hyper`) still jits and steps."""
+    from dks_jax.optim import base  # pylint: disable=g-import-not-at-top
+
+    class HalfStep(base.BaseOptimizer):
+        name = "half_step"
+
+        def init(self, params, func_state, rng, batch):
+            return ()
+
+        def step(self, params, opt_state, func_state, rng, batch, global_step):
+            return jax.tree_util.tree_map(lambda p: 0.5 * p, params), opt_state, func_state, {}
+
+    params = {"w": jnp.ones(3)}
+    train_state, _ = HalfStep().jit_step()(optim.TrainState.create(params, {}, ()), None, None)
+    np.testing.assert_allclose(train_state.params["w"], 0.5 * np.ones(3))

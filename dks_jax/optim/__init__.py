@@ -10,7 +10,7 @@ from dks_jax.optim.losses import (accuracy, classification_loss, is_bias_like, l
                                   l2_penalty, smooth_labels, softmax_cross_entropy)
 from dks_jax.optim.optimizers import (list_optimizers, make_optimizer, optimizer_config_class,
                                       register_optimizer)
-from dks_jax.optim.schedules import Schedule, as_schedule, get_schedule, list_schedules
+from dks_jax.optim.schedules import Scaled, Schedule, as_schedule, get_schedule, list_schedules, split_scale
 from dks_jax.optim.sharding import (batch_sharded, make_data_mesh, replicate, replicated,
                                     shard_batch)
 
@@ -20,6 +20,6 @@ __all__ = [
     "accuracy", "classification_loss", "is_bias_like", "l2_mask", "l2_penalty",
     "smooth_labels", "softmax_cross_entropy",
     "list_optimizers", "make_optimizer", "optimizer_config_class", "register_optimizer",
-    "Schedule", "as_schedule", "get_schedule", "list_schedules",
+    "Scaled", "Schedule", "as_schedule", "get_schedule", "list_schedules", "split_scale",
     "batch_sharded", "make_data_mesh", "replicate", "replicated", "shard_batch",
 ]

@@ -245,4 +245,6 @@ class BaseOptimizer:
 
     def _step_positional(self, params: Params, opt_state: OptState, func_state: FuncState,
                          rng: PRNGKey, batch: Batch, hyper: Hyper, *, global_step: int) -> StepOutput:
+        if not hyper:  # an optimizer without runtime hyper-parameters may not take the argument
+            return self.step(params, opt_state, func_state, rng, batch, global_step)
         return self.step(params, opt_state, func_state, rng, batch, global_step, hyper)

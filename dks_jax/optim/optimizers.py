@@ -38,7 +38,9 @@ def register_optimizer(name: str, cls: type[base.BaseOptimizer]) -> None:
     """Registers an optimizer class under `name`.
 
     The class must take (loss_fn, learning_rate, *, l2_reg, exclude_biases_from_l2,
-    config) and expose its config dataclass as `cls.Config`.
+    config) and expose its config dataclass as `cls.Config`. A subclass of
+    `base.BaseOptimizer` that names values in `runtime_hyperparams()` receives
+    them, traced, as the `hyper` argument of `step` (see `first_order` for one).
 
     Args:
         name: Registry name.
