@@ -141,3 +141,28 @@ def test_fields_added_to_the_schema_later_are_no_change_at_their_default():
     assert configlib.changed_fields(stored, make_config(eval_batch_size=64)) == {"eval_batch_size": (None, 64)}
     del stored["depth"]  # a field that is not at its default still counts
     assert "depth" in configlib.changed_fields(stored, make_config(depth=7))
+
+
+@pytest.mark.parametrize("arch", ["vanilla_resnet", "tat_resnet", "resnet_bn"])
+def test_every_cifar10_variant_builds_at_every_depth(arch):
+    """The transformation of each architecture of configs/cifar10.py solves at each depth it offers (the
+    TAT-ResNet's eta = 0.9 was unreachable at depth 18 with shortcut weight 0.8)."""
+    from dks_jax import nets  # pylint: disable=g-import-not-at-top
+
+    for depth in (18, 34, 50, 101, 152, 200):
+        for method, activation in (("TAT", "leaky_relu"), ("DKS", "softplus"), ("EOC", "relu")):
+            if arch != "vanilla_resnet" and method != "TAT":
+                continue
+            config = load_config(f"cifar10.py:arch={arch},depth={depth},method={method},activation={activation}")
+            model = nets.build_model(config, 10, (32, 32, 3))
+            assert model.spec.name.endswith(str(depth))
+
+
+@pytest.mark.parametrize("depth", [50, 101, 152, 200])
+def test_every_imagenet_variant_builds(depth):
+    from dks_jax import nets  # pylint: disable=g-import-not-at-top
+
+    for arch in ("vanilla_resnet", "tat_resnet", "resnet_bn"):
+        for method in ("TAT", "DKS", "EOC"):
+            config = load_config(f"imagenet.py:arch={arch},depth={depth},method={method}")
+            assert nets.build_model(config, 1000, (224, 224, 3)).spec.name.endswith(str(depth))
