@@ -312,8 +312,29 @@ def _setup_text(dataset: str, protocol: Protocol) -> str:
             f"validation accuracy ({c.validation_fraction:g} of the training set held out; the test split "
             f"is never used to choose), then the chosen point trained with seeds "
             f"{', '.join(map(str, protocol.seeds))}: test accuracy and final training loss are mean ± "
-            "standard deviation (number of seeds that trained). TAT eta = 0.9 (0.8 below 13 layers, where "
-            "0.9 is unreachable), TAT tau = 0.3, DKS zeta = 1.5.")
+            "standard deviation (number of seeds that trained). " + _targets_text(dataset, protocol))
+
+
+def _targets_text(dataset: str, protocol: Protocol) -> str:
+    """Each transformed row's targets (TAT eta or tau, DKS zeta), read from its configs at every depth."""
+    parts = []
+    for method in protocol.methods:
+        depths_of: dict[str, list[int]] = {}
+        for depth in protocol.depths:
+            c = row_config(dataset, depth, method, protocol.optimizers[0], protocol)
+            if c.method == "TAT":
+                target = (f"eta {c.tat.c_val_0_target:g}" if c.activation == "leaky_relu"
+                          else f"tau {c.tat.c_curve_target:g}")
+            elif c.method == "DKS":
+                target = f"zeta {c.dks.c_slope_1_target:g}"
+            else:
+                continue
+            depths_of.setdefault(target, []).append(depth)
+        if depths_of:
+            parts.append(f"{method.label}: " + ", ".join(
+                target + ("" if len(depths_of) == 1 else f" at depth {', '.join(map(str, ds))}")
+                for target, ds in depths_of.items()))
+    return f"Targets: {'; '.join(parts)}." if parts else ""
 
 
 def compute_text(rows: Sequence[Row], seconds: float, protocol: Protocol) -> str:

@@ -141,6 +141,13 @@ def test_cifar10_quick_rows_are_the_cifar10_configs_variants():
     assert configs["ResNet, TAT leaky_relu (shortcut weight 0.8)"].shortcut_weight == 0.8
     assert protocol.axes("sgd", training_tables.CIFAR_METHODS[4])["learning_rate"] == [0.1, 0.3, 1.0]
     assert "cifar10_quick_depth" in [spec.name for spec in tables.list_tables()]
+    # The table states each row's transformation targets as its configs hold them.
+    assert configs["ResNet, TAT leaky_relu (shortcut weight 0.8)"].tat.c_val_0_target == 0.75
+    assert training_tables._targets_text("cifar10", protocol) == (
+        "Targets: TAT leaky_relu: eta 0.9; DKS softplus: zeta 1.5; ResNet, TAT leaky_relu (shortcut weight "
+        "0.8): eta 0.75.")
+    assert "TAT leaky_relu: eta 0.8 at depth 10, eta 0.9 at depth 50, 100" in training_tables._targets_text(
+        "mnist", training_tables.MLP_QUICK)
 
 
 @pytest.mark.slow
