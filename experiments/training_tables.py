@@ -111,9 +111,10 @@ def _mlp_fields(width: int, num_epochs: float) -> dict[str, Any]:
 
 
 MLP_QUICK = Protocol(
-    # SGD only: a K-FAC point here spends ~75 s compiling before its 211 steps (~100-250 s per point on
-    # 2 cores, against ~15-35 s for SGD), so its 54 tuning points alone would take the whole 2-hour
-    # budget of both datasets. The full mode has the K-FAC rows.
+    # SGD only: a row's K-FAC points now share one compiled step (the learning rate and damping are
+    # inputs of the program), but their 211 steps still take ~25-175 s per point on 2 cores against
+    # ~15-35 s for SGD (measured with ~75 s of compilation per point before), so 54 K-FAC tuning points
+    # would take most of the 2-hour budget of both datasets. The full mode has the K-FAC rows.
     depths=MLP_DEPTHS, methods=MLP_METHODS, optimizers=("sgd",), fields=_mlp_fields(128, 0.5),
     # SGD grids reach one step below and above where the first MNIST run chose (0.003 and 0.3 at the
     # grid's edges for most rows; 0.01 diverges for the smooth-activation rows at depth 50 and 100).
