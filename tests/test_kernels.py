@@ -116,7 +116,7 @@ def _scipy_expectation(fn, kink=None):
     pdf = lambda z: math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
     points = [kink] if kink is not None and -12 < kink < 12 else None
     val, _ = scipy.integrate.quad(lambda z: fn(z) * pdf(z), -12, 12, points=points, limit=400,
-                                  epsabs=1e-14, epsrel=1e-13)
+                                  epsabs=1e-13, epsrel=1e-12)
     return val
 
 
