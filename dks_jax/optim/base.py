@@ -168,10 +168,14 @@ class BaseOptimizer:
         """None by default; subclasses name what their step reads from `hyper`."""
         return {}
 
+    def _hyper_inputs(self) -> dict[str, np.ndarray]:
+        """`runtime_hyperparams()` as the float32 arrays the compiled step takes."""
+        return {k: np.asarray(v, np.float32) for k, v in self.runtime_hyperparams().items()}
+
     def _hyper(self, hyper: Optional[Hyper]) -> Hyper:
         """`hyper`, or this optimizer's own values when the step is called without it."""
-        if hyper is None:
-            return {k: jnp.asarray(v, jnp.float32) for k, v in self.runtime_hyperparams().items()}
+        if hyper is None:  # as JAX arrays: kfac_jax refuses NumPy scalars
+            return {k: jnp.asarray(v) for k, v in self._hyper_inputs().items()}
         return hyper
 
     def static_key(self, global_step: int) -> Hashable:
@@ -206,7 +210,7 @@ class BaseOptimizer:
         """
         if mesh is not None:
             sharding.check_data_mesh(mesh)
-        hyper = {k: np.asarray(v, np.float32) for k, v in self.runtime_hyperparams().items()}
+        hyper = self._hyper_inputs()
 
         def train_step(train_state: TrainState, rng: PRNGKey, batch: Batch
                        ) -> tuple[TrainState, Metrics]:
@@ -229,7 +233,7 @@ class BaseOptimizer:
         Its ``as_text()`` is what the persistent compilation cache keys on (with the compiler's
         options); ``compile()`` gives the executable and its cost analysis.
         """
-        hyper = {k: np.asarray(v, np.float32) for k, v in self.runtime_hyperparams().items()}
+        hyper = self._hyper_inputs()
         return self._compile(mesh, int(train_state.step)).lower(
             train_state.params, train_state.opt_state, train_state.state, rng, batch, hyper)
 

@@ -86,7 +86,7 @@ class _FirstOrder(base.BaseOptimizer):
         hyper = self._hyper(hyper)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
         (objective, (new_func_state, aux)), grads = grad_fn(params, func_state, rng, batch)
-        lr = (self._lr_shape(opt_state.count) * hyper["learning_rate"]).astype(jnp.float32)
+        lr = schedules.Scaled(self._lr_shape, hyper["learning_rate"])(opt_state.count)
         direction, inner = self._direction.update(grads, opt_state.inner, params)
         new_params = jax.tree_util.tree_map(
             lambda p, d: (p - lr.astype(p.dtype) * d).astype(p.dtype), params, direction)

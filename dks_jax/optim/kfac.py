@@ -516,11 +516,10 @@ class KFAC(base.BaseOptimizer):
              global_step: int, hyper: base.Hyper | None = None) -> base.StepOutput:
         """One K-FAC step; `global_step` must equal the optimizer's step counter."""
         hyper = self._hyper(hyper)
-        values = {}
-        if "learning_rate" in hyper:
-            shape = self._lr_shape(opt_state.step_counter)
-            values["learning_rate"] = (shape * hyper["learning_rate"]).astype(jnp.float32)
-        values.update((k, hyper[k]) for k in ("momentum", "damping") if k in hyper)
+        values = dict(hyper)  # the names are kfac_jax's `step` arguments
+        if "learning_rate" in values:
+            values["learning_rate"] = schedules.Scaled(self._lr_shape, values["learning_rate"])(
+                opt_state.step_counter)
         # In kfac_jax's staging context its own jitted methods run inline, traced by our
         # jit, so that the Python refresh decision below reaches the traced step (kfac_jax's
         # inner jit would otherwise reuse whichever program it traced first).

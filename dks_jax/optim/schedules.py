@@ -179,7 +179,7 @@ class Scaled:
         scale: The factor (the peak value for the registered schedules).
     """
     shape: Schedule
-    scale: float
+    scale: float  # or a traced scalar, inside the optimizers' compiled steps
 
     def __call__(self, step: Step) -> jax.Array:
         return (self.shape(step) * jnp.asarray(self.scale, jnp.float32)).astype(jnp.float32)
@@ -194,11 +194,10 @@ def split_scale(schedule: float | Schedule) -> tuple[Schedule, float]:
     Returns:
         The shape (a schedule) and the scale (a float).
     """
+    schedule = as_schedule(schedule)
     if isinstance(schedule, Scaled):
         return schedule.shape, float(schedule.scale)
-    if callable(schedule):
-        return schedule, 1.0
-    return constant(1.0), float(schedule)
+    return schedule, 1.0
 
 
 def _constant_factory(peak_value: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
