@@ -23,10 +23,13 @@ from dks_jax import configlib
 # `python -m experiments.sweep --config=configs/mnist.py:... --sweep=learning_rate=0.001,0.003,0.01`.
 LEARNING_RATES = {"sgd": 0.003, "kfac": 0.01, "adam": 1e-4}
 BN_SGD_LEARNING_RATE = 0.01
-# K-FAC damping, tuned on the 50 x 256 TAT Leaky ReLU MLP over half an epoch (test accuracy 0.829 / 0.909 /
-# 0.942 / 0.945 / 0.949 for damping 1e-3 / 1e-2 / 0.1 / 0.3 / 1; SGD 0.929). With the ImageNet setting
-# (1e-3) the small-batch curvature estimates make updates blow up within the first epoch.
-KFAC_DAMPING = 1.0
+# K-FAC damping, chosen with the rate on 10% of the training set held out, 2 epochs of the default
+# (TAT Leaky ReLU 50 x 256): validation accuracy 0.9710 / 0.9745 / 0.9735 for damping 0.1 / 0.3 / 1 at
+# rate 0.01, 0.9663 / 0.9710 / 0.9717 at rate 0.03 (one seed). On the full training split it reaches
+# 97.64 / 97.50 / 97.42% test accuracy (seeds 0 / 1 / 2, 127-137 s each on 2 cores), against SGD's 96.85%.
+# With the ImageNet setting (1e-3) the small-batch curvature estimates make updates blow up within the
+# first epoch.
+KFAC_DAMPING = 0.3
 
 
 def get_config(arg: str = ""):

@@ -20,6 +20,7 @@ commands and expected run times, with the accuracy of every row whose run direct
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -69,6 +70,9 @@ class Protocol:
       config_fn: Builds a row's base config from ``(depth, method, optimizer)`` (for example from a
         config file's variants); by default it is the base schema with the dataset, the protocol's fields
         and the method's fields.
+      only: ``{optimizer: (method labels, depths)}``: that optimizer's rows are restricted to these
+        methods and depths (an optimizer absent here has every row); for rows that would not fit the
+        budget, such as K-FAC on every convnet.
     """
 
     depths: tuple[int, ...]
@@ -82,6 +86,28 @@ class Protocol:
     description: str = ""
     metric: str = "validation_accuracy"
     config_fn: Any = None  # (depth, method, optimizer) -> base config; None: row_config's own
+    only: Mapping[str, tuple[tuple[str, ...], tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        labels = {m.label for m in self.methods}
+        for optimizer, (methods, depths) in self.only.items():
+            unknown = [m for m in methods if m not in labels] + [str(d) for d in depths if d not in self.depths]
+            if optimizer not in self.optimizers or unknown:
+                raise ValueError(f"Protocol.only[{optimizer!r}] names rows the protocol does not have: "
+                                 f"{[optimizer] if optimizer not in self.optimizers else unknown}; valid: "
+                                 f"optimizers {list(self.optimizers)}, methods {sorted(labels)}, depths "
+                                 f"{list(self.depths)}.")
+
+    def has(self, optimizer: str, method: "Method", depth: int) -> bool:
+        """Whether the table has the row (``only`` may leave some out)."""
+        if optimizer not in self.only:
+            return True
+        methods, depths = self.only[optimizer]
+        return method.label in methods and depth in depths
+
+    def specs(self) -> list[tuple[str, "Method", int]]:
+        """Every row as ``(optimizer, method, depth)``, in table order."""
+        return [(o, m, d) for o in self.optimizers for m in self.methods for d in self.depths if self.has(o, m, d)]
 
     def axes(self, optimizer: str, method: Method) -> dict[str, list[Any]]:
         axes: dict[str, list[Any]] = {"learning_rate": list(self.learning_rates[(optimizer, method.grid)])}
@@ -179,7 +205,7 @@ def tune_rows(dataset: str, name: str, workdir: Path, protocol: Protocol,
     """Tunes every row on validation, then trains each chosen point at every seed (two pooled phases)."""
     from dks_jax.train import sweep  # pylint: disable=g-import-not-at-top
 
-    specs = [(opt, m, d) for opt in protocol.optimizers for m in protocol.methods for d in protocol.depths]
+    specs = protocol.specs()
     threads = 1 if protocol.parallel > 1 else None
     tuning, invalid = [], {}
     for opt, method, depth in specs:
@@ -259,37 +285,49 @@ def chosen_text(row: Row, protocol: Protocol) -> str:
 def claims(rows: Sequence[Row], protocol: Protocol) -> list[str]:
     """The papers' claims, checked on the rows (sentences computed from the mean test accuracies)."""
     acc = {r.key(): r.stats("test_accuracy")[0] for r in rows}
-    depths = protocol.depths
-    shallow, deep = min(depths), max(depths)
     lines = []
     for optimizer in protocol.optimizers:
-        for method in protocol.methods:
-            if method.grid == "bn":
+        methods = [m for m in protocol.methods if any(protocol.has(optimizer, m, d) for d in protocol.depths)]
+        depths = [d for d in protocol.depths if any(protocol.has(optimizer, m, d) for m in methods)]
+        shallow, deep = min(depths), max(depths)
+
+        def a(method: Method, depth: int) -> float:
+            return acc.get(f"{optimizer}|{method.label}|{depth}", math.nan)
+
+        for method in methods:
+            if method.grid == "bn" or shallow == deep:
                 continue
-            a, b = acc[f"{optimizer}|{method.label}|{shallow}"], acc[f"{optimizer}|{method.label}|{deep}"]
-            if math.isnan(a) or math.isnan(b):
-                failed = [str(d) for d in depths if math.isnan(acc[f"{optimizer}|{method.label}|{d}"])]
+            if math.isnan(a(method, shallow)) or math.isnan(a(method, deep)):
+                failed = [str(d) for d in depths if math.isnan(a(method, d))]
                 lines.append(f"- {optimizer}, {method.label}: no learning rate of the grid trains it at depth "
                              f"{', '.join(failed)} (every point diverged or stayed at chance).")
                 continue
-            change = b - a
-            lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a:.4f} at depth {shallow}, "
-                         f"{b:.4f} at depth {deep} ({'a drop' if change < 0 else 'a gain'} of "
-                         f"{abs(change):.4f}).")
-        bn = next((m for m in protocol.methods if m.grid == "bn"), None)
-        tat = [m for m in protocol.methods if m.label.startswith("TAT") and m.grid != "bn"]
+            change = a(method, deep) - a(method, shallow)
+            lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a(method, shallow):.4f} at depth "
+                         f"{shallow}, {a(method, deep):.4f} at depth {deep} ({'a drop' if change < 0 else 'a gain'}"
+                         f" of {abs(change):.4f}).")
+        bn = next((m for m in methods if m.grid == "bn"), None)
+        tat = [m for m in methods if m.label.startswith("TAT") and m.grid != "bn"]
         if bn and tat:
             gaps = []
             for d in depths:
-                best_tat = max(tat, key=lambda m: acc[f"{optimizer}|{m.label}|{d}"])
-                gap = acc[f"{optimizer}|{bn.label}|{d}"] - acc[f"{optimizer}|{best_tat.label}|{d}"]
-                gaps.append(f"{gap:+.4f} at depth {d} ({best_tat.label})")
+                best_tat = max(tat, key=lambda m, d=d: a(m, d))
+                gaps.append(f"{a(bn, d) - a(best_tat, d):+.4f} at depth {d} ({best_tat.label})")
             lines.append(f"- {optimizer}: {bn.label} minus the best TAT row: " + ", ".join(gaps) + ".")
-        eoc = next((m for m in protocol.methods if m.label.startswith("EOC")), None)
+        eoc = next((m for m in methods if m.label.startswith("EOC")), None)
         if eoc and tat:
-            best_tat = max(tat, key=lambda m: acc[f"{optimizer}|{m.label}|{deep}"])
-            gap = acc[f"{optimizer}|{best_tat.label}|{deep}"] - acc[f"{optimizer}|{eoc.label}|{deep}"]
-            lines.append(f"- {optimizer}, depth {deep}: {best_tat.label} minus {eoc.label}: {gap:+.4f}.")
+            best_tat = max(tat, key=lambda m: a(m, deep))
+            lines.append(f"- {optimizer}, depth {deep}: {best_tat.label} minus {eoc.label}: "
+                         f"{a(best_tat, deep) - a(eoc, deep):+.4f}.")
+    # Optimizers compared on the rows they share (the papers: K-FAC ahead of SGD at equal steps), when one
+    # has a few rows only (full tables compare every row, which the table itself shows).
+    for first, other in itertools.combinations(protocol.optimizers, 2):
+        shared = [(m, d) for m in protocol.methods for d in protocol.depths
+                  if protocol.has(first, m, d) and protocol.has(other, m, d)]
+        if shared and (first in protocol.only or other in protocol.only):
+            lines.append(f"- {other} minus {first}, same rows and steps: " + ", ".join(
+                f"{acc[f'{other}|{m.label}|{d}'] - acc[f'{first}|{m.label}|{d}']:+.4f} ({m.label}, depth {d})"
+                for m, d in shared) + ".")
     return lines
 
 
@@ -305,7 +343,8 @@ def _setup_text(dataset: str, protocol: Protocol) -> str:
             f"{c.schedule.name} schedule with {c.schedule.warmup_epochs:g} warm-up epochs, weight decay "
             f"{c.weight_decay:g}; SGD with momentum {c.optimizer.sgd.momentum:g} "
             f"({'Nesterov' if c.optimizer.sgd.nesterov else 'heavy ball'})"
-            + (f"; K-FAC with curvature EMA {k.curvature_ema:g}, inverses every {k.inverse_update_period} "
+            + (f"; K-FAC with curvature EMA {k.curvature_ema:g}, curvature estimated on "
+               f"{k.curvature_batch_fraction:g} of the batch, inverses every {k.inverse_update_period} "
                f"steps, norm constraint {k.norm_constraint}, {k.num_burnin_steps} burn-in steps" if kfac else "")
             + f". Tuning: learning rates ({grids})"
             + (f" and K-FAC dampings ({', '.join(f'{v:g}' for v in protocol.dampings)})" if kfac else "")
@@ -371,15 +410,17 @@ def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
     by_key = {r.key(): r for r in rows}
     for ax, optimizer in zip(axes[0], protocol.optimizers):
         for method in protocol.methods:
-            stats = [by_key[f"{optimizer}|{method.label}|{d}"].stats("test_accuracy") for d in protocol.depths]
-            ax.errorbar(protocol.depths, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-",
-                        capsize=3, label=method.label)
+            depths = [d for d in protocol.depths if protocol.has(optimizer, method, d)]
+            stats = [by_key[f"{optimizer}|{method.label}|{d}"].stats("test_accuracy") for d in depths]
+            if depths:
+                ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-",
+                            capsize=3, label=method.label)
         ax.set_title(f"{dataset}, {optimizer} (tuned per row)")
         ax.set_xlabel("depth")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][0].legend(fontsize=7, loc="lower left")  # the first optimizer has every method
     fig_path = workdir / f"{name}_accuracy.png"
     tables.save_figure(fig, fig_path)
     plt.close(fig)
@@ -453,16 +494,25 @@ def _cifar_config_fn(width: float, num_epochs: float, batch_size: int):
 
 
 CIFAR_QUICK = Protocol(
-    depths=(18, 34), methods=CIFAR_METHODS, optimizers=("sgd",), fields={},
+    depths=(18, 34), methods=CIFAR_METHODS, optimizers=("sgd", "kfac"), fields={},
     # A probe of the ResNet-18 rows at this budget chose 0.01 for TAT and EOC (0.03 diverged for TAT) and
     # 0.3, then the top, for batch norm (0.03 / 0.1 / 0.3: 44 / 50 / 53% validation accuracy).
-    learning_rates={("sgd", "vanilla"): (0.003, 0.01, 0.03), ("sgd", "bn"): (0.1, 0.3, 1.0)},
+    learning_rates={("sgd", "vanilla"): (0.003, 0.01, 0.03), ("sgd", "bn"): (0.1, 0.3, 1.0),
+                    ("kfac", "vanilla"): (0.01, 0.1)},
+    # K-FAC: 2 rates x 2 dampings (4 points, as many runs as SGD's 3 rates cost in time); a probe of the
+    # TAT row over the same grid spread by 3 points of validation accuracy only (33-36%).
+    dampings=(0.1, 1.0),
+    # K-FAC rows for the three vanilla methods at the ResNet-18 shape only: a K-FAC step there costs 1.4 s
+    # against SGD's 0.6 s (2 runs at a time, one thread each), so its 5 runs per row take ~30 min of run
+    # time; every row at both depths would add ~4 hours.
+    only={"kfac": (("TAT leaky_relu", "DKS softplus", "EOC relu"), (18,))},
     # 0.6 epoch (211 steps): measured on 2 cores at width 0.25, batch 128, a ResNet-18-shaped step takes
     # 0.42 s (0.5 s with batch norm) and a ResNet-34-shaped one 0.72 s, plus ~25 s of compilation and
     # evaluation per run; 40 runs then fit the 2-hour budget (a whole epoch would take ~2.6 hours).
     config_fn=_cifar_config_fn(width=0.25, num_epochs=0.6, batch_size=128),
-    description="quick mode: SGD only (a convnet K-FAC row does not fit this budget), width 0.25 "
-                "(16-128 channels), 0.6 epoch (211 steps of 128 images), 3 learning rates per row, 2 seeds")
+    description="quick mode: width 0.25 (16-128 channels), 0.6 epoch (211 steps of 128 images), 2 seeds; "
+                "SGD at every row (3 learning rates), K-FAC (2 rates x 2 dampings) at the ResNet-18 shape "
+                "of the vanilla TAT, DKS and EOC rows only (its step costs ~2.4x SGD's here)")
 
 
 @tables.register_table("cifar10_quick_depth", group="training",
@@ -470,6 +520,115 @@ CIFAR_QUICK = Protocol(
 def cifar10_quick_depth(workdir: Path, quick: bool) -> tables.TableResult:
     del quick  # the quick budget is this table's only one; the full budgets are `cifar10_depth`'s commands
     return depth_table("cifar10", "cifar10_quick_depth", workdir, CIFAR_QUICK)
+
+
+# K-FAC against SGD over the first epochs of the vanilla TAT ResNet-18 shape (issue: K-FAC's per-epoch
+# progress). Each optimizer at the setting the quick table chose for this row on validation (SGD: rate
+# 0.01 of 0.003 / 0.01 / 0.03; K-FAC: rate 0.01 and damping 0.1 of 0.01 / 0.1 x 0.1 / 1).
+PROGRESS_SETTINGS = {"sgd": {"learning_rate": 0.01},
+                     "kfac": {"learning_rate": 0.01, "optimizer.kfac.damping": 0.1}}
+
+
+def progress_config(optimizer: str, num_epochs: float, width: float = 0.25, batch_size: int = 128):
+    """The vanilla TAT ResNet-18 run of ``optimizer``, evaluated on validation every half epoch."""
+    from dks_jax import configlib  # pylint: disable=g-import-not-at-top
+
+    c = _cifar_config_fn(width=width, num_epochs=num_epochs, batch_size=batch_size)(18, CIFAR_METHODS[0], optimizer)
+    configlib.set_fields(c, PROGRESS_SETTINGS[optimizer])
+    steps_per_epoch = round(50000 * (1 - c.validation_fraction)) // batch_size  # CIFAR-10's 50,000 images
+    c.eval_every_steps = c.checkpoint_every_steps = -(-steps_per_epoch // 2)  # ceil: the last is the end
+    return c
+
+
+def _progress_curves(workdir: Path, summary: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Validation accuracy, mean training loss since the previous evaluation and wall time, per evaluation."""
+    steps_per_epoch = summary["steps"] / summary["epochs"]
+    train, curves = [], {"epoch": [], "validation_accuracy": [], "train_loss": [], "seconds": []}
+    start, last_step = None, None
+    with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            start = record["time"] if start is None else start
+            if record.get("kind") == "train":
+                train.append(record["loss"])
+            elif record.get("split") == "validation" and record["step"] != last_step:  # the end may repeat
+                last_step = record["step"]
+                curves["epoch"].append(record["step"] / steps_per_epoch)
+                curves["validation_accuracy"].append(record["accuracy"])
+                curves["train_loss"].append(sum(train) / len(train) if train else math.nan)
+                curves["seconds"].append(record["time"] - start)
+                train = []
+    return curves
+
+
+def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=progress_config,
+                  log=print) -> tables.TableResult:
+    """Trains (or reuses) one SGD and one K-FAC run and compares them evaluation by evaluation."""
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    from dks_jax.train import sweep  # pylint: disable=g-import-not-at-top
+
+    optimizers = tuple(PROGRESS_SETTINGS)
+    runs = [({"optimizer": o}, config_fn(o, num_epochs), workdir / f"{name}_runs" / f"{o}_{num_epochs:g}_epochs")
+            for o in optimizers]
+    # One run at a time with every core: K-FAC's many small operations slow down far more than SGD's when
+    # two processes share the cores, and the step times below should be the optimizers', not the contention's.
+    results = sweep.run_points(runs, parallel=1, on_result=lambda r: log(f"[{name}] {r.workdir}: {r.status}"))
+    curves = {o: _progress_curves(Path(r.workdir), r.summary) for o, r in zip(optimizers, results) if r.usable}
+    failed = [f"{o}: {r.status} ({r.reason})" for o, r in zip(optimizers, results) if not r.usable]
+    if failed:
+        return tables.TableResult(markdown="No comparison: " + "; ".join(failed) + ".", figures=[],
+                                  data={"failed": failed})
+    sgd, kfac = curves["sgd"], curves["kfac"]
+    rows = [[f"{e:.2f}", f"{sa:.4f}", f"{ka:.4f}", f"{ka - sa:+.4f}", f"{sl:.3f}", f"{kl:.3f}"]
+            for e, sa, ka, sl, kl in zip(sgd["epoch"], sgd["validation_accuracy"], kfac["validation_accuracy"],
+                                         sgd["train_loss"], kfac["train_loss"])]
+    behind = [f"{e:.2f}" for e, sa, ka in zip(sgd["epoch"], sgd["validation_accuracy"], kfac["validation_accuracy"])
+              if ka < sa]
+    summaries = dict(zip(optimizers, (r.summary for r in results)))
+    step = {o: summaries[o]["wall_seconds"] / summaries[o]["steps"] for o in optimizers}
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for o in optimizers:
+        axes[0].plot(curves[o]["epoch"], curves[o]["validation_accuracy"], "o-", label=o)
+        axes[1].plot([t / 60 for t in curves[o]["seconds"]], curves[o]["validation_accuracy"], "o-", label=o)
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("wall time (min, evaluations included)")
+    axes[0].set_ylabel("validation accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig_path = workdir / f"{name}_accuracy.png"
+    tables.save_figure(fig, fig_path)
+    plt.close(fig)
+
+    c = config_fn("kfac", num_epochs)
+    body = (f"Vanilla TAT Leaky ReLU ResNet-18 shape, width {c.width_multiplier:g}, batch {c.batch_size}, "
+            f"{num_epochs:g} epochs ({c.schedule.name} schedule, {c.schedule.warmup_epochs:g} warm-up epochs), "
+            f"{c.validation_fraction:g} of the training set held out and evaluated every half epoch; one seed; "
+            "each optimizer at the setting the quick depth table chose for this row on validation ("
+            + "; ".join(f"{o}: " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in PROGRESS_SETTINGS[o].items())
+                        for o in optimizers)
+            + "). One run at a time on all cores.\n\n"
+            + tables.markdown_table(["epoch", "SGD val. acc.", "K-FAC val. acc.", "K-FAC - SGD",
+                                     "SGD train loss", "K-FAC train loss"], rows)
+            + "\n\n(train loss: mean over the logged steps since the previous evaluation)\n\n"
+            + f"- K-FAC's validation accuracy is at least SGD's at {len(rows) - len(behind)} of {len(rows)} "
+              "evaluations" + (f" (behind at epoch {', '.join(behind)})" if behind else "") + ".\n"
+            + f"- Test accuracy at the end: SGD {summaries['sgd']['test_accuracy']:.4f}, K-FAC "
+              f"{summaries['kfac']['test_accuracy']:.4f}.\n"
+            + f"- Time per step, evaluations and compilation included: SGD {step['sgd']:.3f} s, K-FAC "
+              f"{step['kfac']:.3f} s ({step['kfac'] / step['sgd']:.2f}x).\n\n"
+            + tables.figure_link(fig_path, "validation accuracy against epochs and wall time"))
+    data = {o: {"settings": PROGRESS_SETTINGS[o], "curves": curves[o], "summary": summaries[o]}
+            for o in optimizers}
+    return tables.TableResult(markdown=body, figures=[fig_path], data=data)
+
+
+@tables.register_table("cifar10_kfac_progress", group="training",
+                       title="CIFAR-10: K-FAC against SGD over the first epochs (vanilla TAT ResNet-18 shape, "
+                             "2 CPU cores)")
+def cifar10_kfac_progress(workdir: Path, quick: bool) -> tables.TableResult:
+    return kfac_progress(workdir, "cifar10_kfac_progress", 1.0 if quick else 2.0)
 
 
 # ----------------------------------------------------------------------------------------------

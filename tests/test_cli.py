@@ -37,7 +37,7 @@ def test_describe_shows_the_configs_values(monkeypatch, capsys):
                              "--config.learning_rate=0.02")
     assert code == 0
     assert "| optimizer.name | 'kfac' |" in out and "| learning_rate | 0.02 |" in out
-    assert "| optimizer.kfac.damping | 1.0 |" in out and "must be a number > 0" in out
+    assert "| optimizer.kfac.damping | 0.3 |" in out and "must be a number > 0" in out
 
 
 def test_list_names_everything_a_config_can_use(monkeypatch, capsys):

@@ -141,6 +141,12 @@ def test_cifar10_quick_rows_are_the_cifar10_configs_variants():
     assert configs["ResNet, TAT leaky_relu (shortcut weight 0.8)"].shortcut_weight == 0.8
     assert protocol.axes("sgd", training_tables.CIFAR_METHODS[4])["learning_rate"] == [0.1, 0.3, 1.0]
     assert "cifar10_quick_depth" in [spec.name for spec in tables.list_tables()]
+    # K-FAC rows: the three vanilla methods at the ResNet-18 shape, each with 2 rates x 2 dampings.
+    assert [(o, m.label, d) for o, m, d in protocol.specs() if o == "kfac"] == [
+        ("kfac", "TAT leaky_relu", 18), ("kfac", "DKS softplus", 18), ("kfac", "EOC relu", 18)]
+    assert len(protocol.specs()) == 13
+    assert protocol.axes("kfac", training_tables.CIFAR_METHODS[0]) == {
+        "learning_rate": [0.01, 0.1], "optimizer.kfac.damping": [0.1, 1.0]}
     # The table states each row's transformation targets as its configs hold them.
     assert configs["ResNet, TAT leaky_relu (shortcut weight 0.8)"].tat.c_val_0_target == 0.75
     assert training_tables._targets_text("cifar10", protocol) == (
@@ -178,3 +184,93 @@ def test_tiny_cifar10_table_trains_a_vanilla_and_a_batch_norm_row(tmp_path):
     for summary in vanilla["seeds"]:
         assert summary["steps"] == 40 and summary["test_accuracy"] > 0.11
     assert (tmp_path / "tiny_cifar_accuracy.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def _fake_row(optimizer, method, depth, accuracies):
+    from dks_jax.train import sweep
+    seeds = [sweep.PointResult({"seed": i}, "", "completed", "", {"test_accuracy": a})
+             for i, a in enumerate(accuracies)]
+    return training_tables.Row(optimizer, method, depth, sweep.SweepResult(seeds, 0, "", "validation_accuracy"),
+                               seeds)
+
+
+def test_protocol_only_restricts_an_optimizers_rows_and_claims_compare_shared_rows():
+    tat, eoc, bn = training_tables.MLP_METHODS[0], training_tables.MLP_METHODS[3], training_tables.MLP_METHODS[5]
+    protocol = training_tables.dataclasses.replace(
+        TINY, methods=(tat, eoc, bn), depths=(10, 50), only={"kfac": ((tat.label, eoc.label), (10,))})
+    assert [(o, m.label, d) for o, m, d in protocol.specs()] == [
+        ("sgd", tat.label, 10), ("sgd", tat.label, 50), ("sgd", eoc.label, 10), ("sgd", eoc.label, 50),
+        ("sgd", bn.label, 10), ("sgd", bn.label, 50), ("kfac", tat.label, 10), ("kfac", eoc.label, 10)]
+    acc = {("sgd", tat.label, 10): (0.90, 0.92), ("sgd", tat.label, 50): (0.89, 0.91),
+           ("sgd", eoc.label, 10): (0.90, 0.90), ("sgd", eoc.label, 50): (0.50, 0.60),
+           ("sgd", bn.label, 10): (0.95, 0.95), ("sgd", bn.label, 50): (0.94, 0.96),
+           ("kfac", tat.label, 10): (0.95, 0.97), ("kfac", eoc.label, 10): (0.80, 0.80)}
+    rows = [_fake_row(o, m, d, acc[(o, m.label, d)]) for o, m, d in protocol.specs()]
+    lines = training_tables.claims(rows, protocol)
+    # SGD has both depths: the depth claims; K-FAC has one depth: no depth claim, but EOC vs TAT there.
+    assert f"- sgd, {tat.label}: mean test accuracy 0.9100 at depth 10, 0.9000 at depth 50 (a drop of 0.0100)." \
+        in lines
+    assert f"- sgd, depth 50: {tat.label} minus {eoc.label}: +0.3500." in lines
+    assert f"- kfac, depth 10: {tat.label} minus {eoc.label}: +0.1600." in lines
+    assert not [line for line in lines if line.startswith("- kfac, " + tat.label)]
+    # The optimizers compared on the rows both have, at equal steps.
+    assert lines[-1] == f"- kfac minus sgd, same rows and steps: +0.0500 ({tat.label}, depth 10), -0.1000 " \
+        f"({eoc.label}, depth 10)."
+    with pytest.raises(ValueError, match=r"Protocol.only\['kfac'\].*\['101'\].*depths \[10, 50\]"):
+        training_tables.dataclasses.replace(protocol, only={"kfac": ((tat.label,), (101,))})
+    with pytest.raises(ValueError, match=r"Protocol.only\['adam'\]"):
+        training_tables.dataclasses.replace(protocol, only={"adam": ((tat.label,), (10,))})
+
+
+def test_progress_curves_read_each_validation_evaluation_once(tmp_path):
+    records = [{"kind": "train", "step": 10, "loss": 2.0, "time": 100.0},
+               {"kind": "train", "step": 20, "loss": 1.0, "time": 101.0},
+               {"kind": "eval", "split": "validation", "step": 20, "accuracy": 0.3, "time": 103.0},
+               {"kind": "train", "step": 30, "loss": 0.5, "time": 104.0},
+               {"kind": "eval", "split": "validation", "step": 40, "accuracy": 0.5, "time": 106.0},
+               # The end of training evaluates again at the same step, and on test.
+               {"kind": "eval", "split": "validation", "step": 40, "accuracy": 0.5, "time": 107.0},
+               {"kind": "eval", "split": "test", "step": 40, "accuracy": 0.4, "time": 108.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curves = training_tables._progress_curves(tmp_path, {"steps": 40, "epochs": 2.0})
+    assert curves == {"epoch": [1.0, 2.0], "validation_accuracy": [0.3, 0.5], "train_loss": [1.5, 0.5],
+                      "seconds": [3.0, 6.0]}
+
+
+def test_progress_runs_are_the_quick_tables_tat_row_at_its_chosen_settings():
+    sgd, kfac = (training_tables.progress_config(o, 2.0) for o in ("sgd", "kfac"))
+    row = training_tables.row_config("cifar10", 18, training_tables.CIFAR_METHODS[0], "kfac",
+                                     training_tables.CIFAR_QUICK)
+    assert (kfac.model, kfac.method, kfac.activation, kfac.width_multiplier, kfac.pln_mode) == (
+        row.model, row.method, row.activation, row.width_multiplier, row.pln_mode)
+    assert (sgd.optimizer.name, sgd.learning_rate) == ("sgd", 0.01)
+    assert (kfac.optimizer.name, kfac.learning_rate, kfac.optimizer.kfac.damping) == ("kfac", 0.01, 0.1)
+    # 45,000 training images / 128 = 351 steps per epoch: evaluations at 176, 352, 528 and the end (702).
+    assert kfac.eval_every_steps == 176 and kfac.num_epochs == 2.0 and kfac.validation_fraction == 0.1
+
+
+@pytest.mark.slow
+def test_tiny_kfac_progress_compares_the_optimizers_evaluation_by_evaluation(tmp_path):
+    if not (paths.resolve_data_dir() / "cifar10_jpeg").exists():
+        pytest.skip("../shared/data/cifar10_jpeg is absent")
+
+    def tiny(optimizer, num_epochs):
+        c = training_tables.progress_config(optimizer, num_epochs, width=1 / 16, batch_size=16)
+        c.eval_every_steps, c.eval_batch_size = 10, 500
+        c.optimizer.kfac.num_burnin_steps = 1
+        return c
+
+    result = training_tables.kfac_progress(tmp_path, "tiny_progress", 20 * 16 / 45000, config_fn=tiny,
+                                           log=lambda *_: None)
+    for optimizer in ("sgd", "kfac"):
+        data = result.data[optimizer]
+        assert data["summary"]["steps"] == 20 and data["curves"]["epoch"] == pytest.approx(
+            [10 * 16 / 45000, 20 * 16 / 45000], rel=1e-3)
+    lines = [line for line in result.markdown.splitlines() if re.match(r"\| 0\.0\d \| ", line)]
+    assert len(lines) == 2 and "evaluations" in result.markdown
+    assert (tmp_path / "tiny_progress_accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    # Finished runs are read, not trained again.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("tiny_progress_runs/*/summary.json")}
+    assert len(stamps) == 2
+    training_tables.kfac_progress(tmp_path, "tiny_progress", 20 * 16 / 45000, config_fn=tiny, log=lambda *_: None)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("tiny_progress_runs/*/summary.json")} == stamps

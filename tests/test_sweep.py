@@ -1,6 +1,7 @@
 """Sweeps: a grid of config fields, runs in their own workdirs, chosen on validation, failures as rows."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -71,9 +72,27 @@ def test_at_chance_runs_are_not_usable():
     assert row.status == "at_chance" and not row.usable and "did not learn" in row.reason
 
 
+def _child_environment(_):
+    return {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+
+
+def test_workers_get_one_blas_thread_each_and_the_parent_environment_is_restored(monkeypatch):
+    import concurrent.futures
+    import multiprocessing
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    with sweep.worker_environment(1), concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        seen = pool.submit(_child_environment, None).result()
+    assert seen == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "3"}
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "3"
+    with sweep.worker_environment(None):  # no --threads_per_point: the libraries' defaults
+        assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
 @pytest.mark.slow
 def test_real_sweep_chooses_on_validation_and_reports_failures(tmp_path):
-    base = load_config("default.py:tiny", max_steps=40, log_every_steps=10)
+    base = load_config("default.py:tiny,optimizer=sgd", max_steps=40, log_every_steps=10)
     axes = {"learning_rate": [0.003, 0.03, 1e30], "activation": ["leaky_relu", "no_such_activation"]}
     # Only the activation axis's bad value and the huge rate fail; they are rows, not a crash.
     result = sweep.run_sweep(base, axes, tmp_path, parallel=2, threads_per_point=1)
@@ -104,9 +123,10 @@ def test_real_sweep_chooses_on_validation_and_reports_failures(tmp_path):
 @pytest.mark.slow
 def test_sweep_cli(tmp_path):
     import subprocess
-    proc = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config=configs/default.py:tiny",
-                           f"--workdir={tmp_path}", "--sweep=learning_rate=0.003,0.03",
-                           "--config.max_steps=40", "--parallel=2", "--threads_per_point=1"],
+    proc = subprocess.run([sys.executable, "-m", "experiments.sweep",
+                           "--config=configs/default.py:tiny,optimizer=sgd", f"--workdir={tmp_path}",
+                           "--sweep=learning_rate=0.003,0.03", "--config.max_steps=40", "--parallel=2",
+                           "--threads_per_point=1"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "| learning_rate | validation acc." in proc.stdout and "Chosen: learning_rate=" in proc.stdout
