@@ -406,21 +406,22 @@ def depth_table(dataset: str, name: str, workdir: Path, protocol: Protocol, *,
                       mean_pm(r.stats("test_accuracy")), mean_pm(r.stats("train_loss")), notes or "-"])
 
     fig, axes = plt.subplots(1, len(protocol.optimizers), figsize=(5.5 * len(protocol.optimizers), 4),
-                             sharey=True, squeeze=False)
+                             sharex=True, sharey=True, squeeze=False)
     by_key = {r.key(): r for r in rows}
     for ax, optimizer in zip(axes[0], protocol.optimizers):
-        for method in protocol.methods:
+        for index, method in enumerate(protocol.methods):  # one color per method in every panel
             depths = [d for d in protocol.depths if protocol.has(optimizer, method, d)]
             stats = [by_key[f"{optimizer}|{method.label}|{d}"].stats("test_accuracy") for d in depths]
             if depths:
                 ax.errorbar(depths, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-",
-                            capsize=3, label=method.label)
+                            capsize=3, label=method.label, color=f"C{index}")
+        ax.set_xticks(protocol.depths)
         ax.set_title(f"{dataset}, {optimizer} (tuned per row)")
         ax.set_xlabel("depth")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (mean ± sd over seeds)")
-    axes[0][0].legend(fontsize=7, loc="lower left")  # the first optimizer has every method
+    axes[0][0].legend(fontsize=7, loc="best")  # the first optimizer has every method
     fig_path = workdir / f"{name}_accuracy.png"
     tables.save_figure(fig, fig_path)
     plt.close(fig)
