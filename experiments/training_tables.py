@@ -295,12 +295,16 @@ def claims(rows: Sequence[Row], protocol: Protocol) -> list[str]:
             return acc.get(f"{optimizer}|{method.label}|{depth}", math.nan)
 
         for method in methods:
-            if method.grid == "bn" or shallow == deep:
+            if method.grid == "bn":
                 continue
             if math.isnan(a(method, shallow)) or math.isnan(a(method, deep)):
                 failed = [str(d) for d in depths if math.isnan(a(method, d))]
                 lines.append(f"- {optimizer}, {method.label}: no learning rate of the grid trains it at depth "
                              f"{', '.join(failed)} (every point diverged or stayed at chance).")
+                continue
+            if shallow == deep:  # one depth: nothing to compare across depths
+                lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a(method, deep):.4f} at depth "
+                             f"{deep}.")
                 continue
             change = a(method, deep) - a(method, shallow)
             lines.append(f"- {optimizer}, {method.label}: mean test accuracy {a(method, shallow):.4f} at depth "
@@ -526,6 +530,7 @@ def cifar10_quick_depth(workdir: Path, quick: bool) -> tables.TableResult:
 # K-FAC against SGD over the first epochs of the vanilla TAT ResNet-18 shape (issue: K-FAC's per-epoch
 # progress). Each optimizer at the setting the quick table chose for this row on validation (SGD: rate
 # 0.01 of 0.003 / 0.01 / 0.03; K-FAC: rate 0.01 and damping 0.1 of 0.01 / 0.1 x 0.1 / 1).
+CIFAR10_TRAIN_IMAGES = 50000
 PROGRESS_SETTINGS = {"sgd": {"learning_rate": 0.01},
                      "kfac": {"learning_rate": 0.01, "optimizer.kfac.damping": 0.1}}
 
@@ -536,7 +541,7 @@ def progress_config(optimizer: str, num_epochs: float, width: float = 0.25, batc
 
     c = _cifar_config_fn(width=width, num_epochs=num_epochs, batch_size=batch_size)(18, CIFAR_METHODS[0], optimizer)
     configlib.set_fields(c, PROGRESS_SETTINGS[optimizer])
-    steps_per_epoch = round(50000 * (1 - c.validation_fraction)) // batch_size  # CIFAR-10's 50,000 images
+    steps_per_epoch = round(CIFAR10_TRAIN_IMAGES * (1 - c.validation_fraction)) // batch_size
     c.eval_every_steps = c.checkpoint_every_steps = -(-steps_per_epoch // 2)  # ceil: the last is the end
     return c
 
@@ -574,8 +579,12 @@ def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=prog
     # One run at a time with every core: K-FAC's many small operations slow down far more than SGD's when
     # two processes share the cores, and the step times below should be the optimizers', not the contention's.
     results = sweep.run_points(runs, parallel=1, on_result=lambda r: log(f"[{name}] {r.workdir}: {r.status}"))
-    curves = {o: _progress_curves(Path(r.workdir), r.summary) for o, r in zip(optimizers, results) if r.usable}
-    failed = [f"{o}: {r.status} ({r.reason})" for o, r in zip(optimizers, results) if not r.usable]
+    # A run at chance still has a curve worth showing (one optimizer may learn where the other does not).
+    trained = ("completed", "stopped", "at_chance")
+    curves = {o: _progress_curves(Path(r.workdir), r.summary) for o, r in zip(optimizers, results)
+              if r.status in trained}
+    failed = [f"{o}: {r.status} ({r.reason})" for o, r in zip(optimizers, results) if r.status not in trained]
+    at_chance = [f"{o} ended at chance ({r.reason})" for o, r in zip(optimizers, results) if r.status == "at_chance"]
     if failed:
         return tables.TableResult(markdown="No comparison: " + "; ".join(failed) + ".", figures=[],
                                   data={"failed": failed})
@@ -605,7 +614,9 @@ def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=prog
     c = config_fn("kfac", num_epochs)
     body = (f"Vanilla TAT Leaky ReLU ResNet-18 shape, width {c.width_multiplier:g}, batch {c.batch_size}, "
             f"{num_epochs:g} epochs ({c.schedule.name} schedule, {c.schedule.warmup_epochs:g} warm-up epochs), "
-            f"{c.validation_fraction:g} of the training set held out and evaluated every half epoch; one seed; "
+            f"{c.validation_fraction:g} of the training set held out and evaluated every {c.eval_every_steps} "
+            f"steps ({c.eval_every_steps * c.batch_size / (CIFAR10_TRAIN_IMAGES * (1 - c.validation_fraction)):.2g} "
+            "epoch); one seed; "
             "each optimizer at the setting the quick depth table chose for this row on validation ("
             + "; ".join(f"{o}: " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in PROGRESS_SETTINGS[o].items())
                         for o in optimizers)
@@ -615,6 +626,7 @@ def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=prog
             + "\n\n(train loss: mean over the logged steps since the previous evaluation)\n\n"
             + f"- K-FAC's validation accuracy is at least SGD's at {len(rows) - len(behind)} of {len(rows)} "
               "evaluations" + (f" (behind at epoch {', '.join(behind)})" if behind else "") + ".\n"
+            + "".join(f"- {line}.\n" for line in at_chance)
             + f"- Test accuracy at the end: SGD {summaries['sgd']['test_accuracy']:.4f}, K-FAC "
               f"{summaries['kfac']['test_accuracy']:.4f}.\n"
             + f"- Time per step, evaluations and compilation included: SGD {step['sgd']:.3f} s, K-FAC "
