@@ -250,9 +250,7 @@ def test_resume_is_bit_exact(tmp_path, optimizer):
     assert [r["step"] for r in _rows(tmp_path / "resumed", "train")] == [1, 2, 3, 4, 5]
 
 
-# Enough steps after the 4th checkpoint that the signal lands mid-run even when the test's polling is
-# slowed by a busy machine (with 12 steps, the run once finished before the signal under `-n 2`).
-_CLI_STEPS = 40
+_CLI_STEPS = 12
 _TRAIN_CLI = [sys.executable, "-m", "experiments.train", f"--config=configs/{TINY}", "--quiet",
               f"--config.max_steps={_CLI_STEPS}", "--config.checkpoint_every_steps=1"]
 
@@ -263,8 +261,15 @@ def test_interrupted_cli_run_resumes_bit_exact(tmp_path, sig):
     straight = tmp_path / "straight"
     subprocess.run(_TRAIN_CLI + [f"--workdir={straight}"], cwd=REPO, check=True, capture_output=True)
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(_TRAIN_CLI + [f"--workdir={interrupted}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A terminal's Ctrl-C raises KeyboardInterrupt in the run. Where the test itself runs as a background
+    # job of a non-interactive shell, SIGINT is ignored and children inherit that (Python then installs no
+    # handler and the run finishes with status 0), so the child restores Python's own handler first.
+    restore_sigint = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "sys.argv = ['experiments.train'] + sys.argv[1:]; "
+                      "runpy.run_module('experiments.train', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", restore_sigint] + _TRAIN_CLI[3:]
+                            + [f"--workdir={interrupted}"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 300
     def checkpointed() -> list[int]:  # the 3 newest are kept, so checkpoint 4 alone may come and go unseen
         folder = interrupted / "checkpoints"
