@@ -576,8 +576,8 @@ def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=prog
     optimizers = tuple(PROGRESS_SETTINGS)
     runs = [({"optimizer": o}, config_fn(o, num_epochs), workdir / f"{name}_runs" / f"{o}_{num_epochs:g}_epochs")
             for o in optimizers]
-    # One run at a time with every core: K-FAC's many small operations slow down far more than SGD's when
-    # two processes share the cores, and the step times below should be the optimizers', not the contention's.
+    # One run at a time with every core: the step times below are then the optimizers' own, not shares of
+    # cores two runs compete for.
     results = sweep.run_points(runs, parallel=1, on_result=lambda r: log(f"[{name}] {r.workdir}: {r.status}"))
     # A run at chance still has a curve worth showing (one optimizer may learn where the other does not).
     trained = ("completed", "stopped", "at_chance")
@@ -611,12 +611,11 @@ def kfac_progress(workdir: Path, name: str, num_epochs: float, *, config_fn=prog
     tables.save_figure(fig, fig_path)
     plt.close(fig)
 
-    c = config_fn("kfac", num_epochs)
+    c = runs[optimizers.index("kfac")][1]
     body = (f"Vanilla TAT Leaky ReLU ResNet-18 shape, width {c.width_multiplier:g}, batch {c.batch_size}, "
             f"{num_epochs:g} epochs ({c.schedule.name} schedule, {c.schedule.warmup_epochs:g} warm-up epochs), "
             f"{c.validation_fraction:g} of the training set held out and evaluated every {c.eval_every_steps} "
-            f"steps ({c.eval_every_steps * c.batch_size / (CIFAR10_TRAIN_IMAGES * (1 - c.validation_fraction)):.2g} "
-            "epoch); one seed; "
+            f"steps ({kfac['epoch'][0]:.2g} epoch); one seed; "
             "each optimizer at the setting the quick depth table chose for this row on validation ("
             + "; ".join(f"{o}: " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in PROGRESS_SETTINGS[o].items())
                         for o in optimizers)

@@ -73,7 +73,7 @@ def test_at_chance_runs_are_not_usable():
 
 
 def _child_environment(_):
-    return {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    return {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "XLA_FLAGS")}
 
 
 def test_workers_get_one_blas_thread_each_and_the_parent_environment_is_restored(monkeypatch):
@@ -81,11 +81,14 @@ def test_workers_get_one_blas_thread_each_and_the_parent_environment_is_restored
     import multiprocessing
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")  # XLA's flags are appended to the user's
     with sweep.worker_environment(1), concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn")) as pool:
         seen = pool.submit(_child_environment, None).result()
-    assert seen == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "3"}
+    assert seen == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "3", "XLA_FLAGS":
+                    "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
     assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
     with sweep.worker_environment(None):  # no --threads_per_point: the libraries' defaults
         assert "OPENBLAS_NUM_THREADS" not in os.environ
 

@@ -135,14 +135,17 @@ _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_TH
 
 @contextlib.contextmanager
 def worker_environment(threads: int | None) -> Iterator[None]:
-    """Workers spawned inside sizes their BLAS thread pools to ``threads`` (read once, when BLAS loads).
+    """Workers spawned inside size every thread pool to ``threads``: XLA's and BLAS's (read when they load).
 
-    Variables the user set are left alone; the parent's environment is restored on exit.
+    XLA's flags are appended to the user's; BLAS variables the user set are left alone. The parent's
+    environment is restored on exit.
     """
-    saved = {name: os.environ.get(name) for name in _BLAS_THREAD_VARIABLES}
+    saved = {name: os.environ.get(name) for name in _BLAS_THREAD_VARIABLES + ("XLA_FLAGS",)}
     if threads:
-        for name, value in saved.items():
-            if value is None:
+        os.environ["XLA_FLAGS"] = (f"{saved['XLA_FLAGS'] or ''} --xla_cpu_multi_thread_eigen=false "
+                                   f"intra_op_parallelism_threads={threads}").strip()
+        for name in _BLAS_THREAD_VARIABLES:
+            if saved[name] is None:
                 os.environ[name] = str(threads)
     try:
         yield
@@ -154,12 +157,8 @@ def worker_environment(threads: int | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _train_point(config_json: str, workdir: str, threads: int | None) -> dict[str, Any]:
+def _train_point(config_json: str, workdir: str) -> dict[str, Any]:
     """Worker: trains one point and returns its summary (errors become a summary with a message)."""
-    if threads:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
-                                   f"{threads}").strip()
     import ml_collections  # pylint: disable=g-import-not-at-top
     from dks_jax.train import compilation_cache, loop  # pylint: disable=g-import-not-at-top
 
@@ -307,7 +306,7 @@ def run_points(configs: Sequence[tuple[dict[str, Any], Any, Path]], *, parallel:
         context = multiprocessing.get_context("spawn")  # JAX does not survive fork
         with worker_environment(threads_per_point), concurrent.futures.ProcessPoolExecutor(
                 max_workers=max(1, parallel), mp_context=context, max_tasks_per_child=1) as pool:
-            futures = {pool.submit(_train_point, payload[i], str(configs[i][2]), threads_per_point): i
+            futures = {pool.submit(_train_point, payload[i], str(configs[i][2])): i
                        for i in todo}
             for future in concurrent.futures.as_completed(futures):
                 i = futures[future]
