@@ -220,6 +220,50 @@ def test_resnet_subnet_max_matches_hand_written_recipe(depth, w):
         _hand_written_resnet_m(1.0, lambda y: 1.01 * y, blocks, w), rel=1e-14)
 
 
+def _two_branches(w=0.8, deep=6):
+    shallow = g.Sequential((g.Dense(8), g.Act()))
+    branch = g.Sequential(tuple(l for _ in range(deep) for l in (g.Dense(8), g.Act())))
+    return g.Sequential((g.WeightedSum((shallow, branch), (w, math.sqrt(1 - w * w))), g.Act()))
+
+
+@pytest.mark.parametrize("spec", [
+    layouts.plain_stack(7), layouts.resnet(101, 10), layouts.resnet(50, 10, shortcut_weight=0.6),
+    layouts.resnet(152, 10, shortcut_weight=0.9), layouts.residual_mlp(12, 8, 10, shortcut_weight=0.5, use_batch_norm=False),
+    _two_branches()], ids=["plain", "r101", "r50-w0.6", "r152-w0.9", "residual-mlp", "two-branches"])
+def test_linear_searches_in_closed_form_equal_running_the_graph(spec):
+    m = g.subnet_max_func(spec)
+    scale, shift = m.linear(1.0, "scale"), m.linear(0.0, "shift")
+    for t in (0.0, 0.3, 1.0, 1.007, 1.1, 2.0):
+        assert scale(t) == pytest.approx(m(1.0, lambda y: t * y), rel=1e-13, abs=1e-300)
+        assert shift(t) == pytest.approx(m(0.0, lambda y: t + y), rel=1e-13, abs=1e-300)
+    assert m.linear(0.5, "scale")(1.1) == pytest.approx(m(0.5, lambda y: 1.1 * y), rel=1e-13)
+
+
+def test_linear_search_closed_forms_against_hand_counts():
+    m = g.subnet_max_func(layouts.plain_stack(7))
+    assert m.linear(1.0, "scale")(1.1) == pytest.approx(1.1**7, rel=1e-15)
+    assert m.linear(0.0, "shift")(0.01) == pytest.approx(0.07, rel=1e-15)
+    # The whole net: w^2 s + (1 - w^2) s^6, then one more layer; the deep branch alone is a subnetwork.
+    m = g.subnet_max_func(_two_branches())
+    for s, expected in ((1.02, 1.02**6), (3.0, 0.64 * 3.0**2 + 0.36 * 3.0**7)):
+        assert m.linear(1.0, "scale")(s) == pytest.approx(
+            max(0.64 * s**2 + 0.36 * s**7, s**6), rel=1e-15) == expected
+    with pytest.raises(ValueError, match="'scale' or 'shift'"):
+        m.linear(1.0, "power")
+    bn = g.subnet_max_func(layouts.resnet(18, 10, shortcut_weight=None, use_batch_norm=True))
+    with pytest.raises(g.KernelGraphError):
+        bn.linear(1.0, "scale")
+
+
+def test_leaky_relu_c_map_closure_is_bit_identical():
+    rng = np.random.default_rng(0)
+    for a in (0.0, 0.05, 0.3, 1.0):
+        fn = local_maps.leaky_relu_c_map_fn(a)
+        for c in [-1.0, 0.0, 1.0] + [float(v) for v in rng.uniform(-1, 1, 200)]:
+            assert fn(c) == local_maps.leaky_relu_c_map(c, a)
+        assert fn(1.0 + 4e-16) == fn(1.0) and fn(-1.0 - 4e-16) == fn(-1.0)  # rounding past +-1
+
+
 @pytest.mark.parametrize("depth,expected", [(18, 17), (34, 33), (50, 49), (101, 100), (152, 151),
                                             (200, 199)])
 def test_vanilla_resnet_nonlinear_depths(depth, expected):

@@ -401,6 +401,22 @@ def test_subnetwork_sets_m_for_tat():
     assert whole < 0.5 - 0.1
 
 
+@pytest.mark.parametrize("name,method", [("softplus", "DKS"), ("relu", "DKS"), ("tanh", "TAT"),
+                                         ("leaky_relu", "TAT")])
+@pytest.mark.parametrize("spec", [layouts.resnet(101, 10), layouts.resnet(50, 10, shortcut_weight=0.6),
+                                  _branchy()], ids=["r101", "r50-w0.6", "branchy"])
+def test_network_search_closed_forms_reach_the_same_targets(name, method, spec):
+    """The searches evaluate a network's M in closed form (polynomials for DKS/TAT smooth, a hoisted
+    Leaky ReLU map); a bare M function (a user's ``subnet_max_func``) takes the layer-by-layer path."""
+    solver.clear_caches()
+    targets = {"tat": dks_jax.TATTargets(0.5)} if name == "leaky_relu" else {}  # reachable by branchy
+    fast = dks_jax.transform(name, method, network=spec, **targets)
+    m = g.subnet_max_func(spec)
+    slow = dks_jax.transform(name, method, subnet_max_func=lambda x, r: m(x, r), **targets)
+    assert dict(fast.local_targets) == pytest.approx(dict(slow.local_targets), rel=1e-13)
+    assert dict(fast.shape_params) == pytest.approx(dict(slow.shape_params), rel=1e-9, abs=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # sin and cos; families registered by users.
 

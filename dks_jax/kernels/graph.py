@@ -404,7 +404,7 @@ def subnetworks(node: Node) -> tuple[Node, ...]:
     return tuple(found)
 
 
-def subnet_max_func(node: Node) -> Callable[[float, ScalarMap], float]:
+def subnet_max_func(node: Node) -> "SubnetMax":
     """The subnetwork-maximizing function ``M(x, r)`` of the network described by ``node``.
 
     ``M(x, r)`` runs the kernel graph on ``x`` (applying ``r`` at every nonlinear layer and the weighted
@@ -419,12 +419,81 @@ def subnet_max_func(node: Node) -> Callable[[float, ScalarMap], float]:
       ``M`` as a Python function of a float and a scalar map.
     """
     validate(node)
-    programs = [compile_graph(node)] + [compile_graph(sub) for sub in subnetworks(node)]
+    return SubnetMax([compile_graph(node)] + [compile_graph(sub) for sub in subnetworks(node)])
 
-    def m(x: float, r: ScalarMap) -> float:
-        return max(program(x, r) for program in programs)
 
-    return m
+class SubnetMax:
+    """``M(x, r)`` of one network (see ``subnet_max_func``), plus its closed form for linear searches.
+
+    The DKS and TAT (smooth) network-level searches evaluate ``M`` dozens of times with a linear local
+    map: ``r(y) = t y`` (maximal C'(1)) or ``r(y) = t + y`` (maximal C''(1)). Through a graph of such
+    maps and weighted sums every program is a polynomial in ``t`` with non-negative coefficients, so
+    ``linear(x, step)`` runs the graph once on polynomials and later evaluates them directly: a few
+    microseconds instead of one Python call per layer. The polynomials hold no solved value (they are a
+    property of the network, like the compiled programs), so they are kept with it.
+    """
+
+    def __init__(self, programs: list[Callable[[float, ScalarMap], float]]):
+        self._programs = programs
+        self._linear: dict[tuple[float, str], Callable[[float], float]] = {}
+
+    def __call__(self, x: float, r: ScalarMap) -> float:
+        return max(program(x, r) for program in self._programs)
+
+    def linear(self, x: float, step: str) -> Callable[[float], float]:
+        """``t -> M(x, y -> t * y)`` (``step="scale"``) or ``t -> M(x, y -> t + y)`` (``"shift"``).
+
+        Equal to calling ``M`` up to rounding (the sums are ordered differently).
+        """
+        key = (x, step)
+        if key not in self._linear:
+            if step == "scale":
+                r = lambda p: _Polynomial({e + 1: c for e, c in p.terms.items()})
+            elif step == "shift":
+                t = _Polynomial({1: 1.0})
+                r = lambda p: p + t
+            else:
+                raise ValueError(f"step must be 'scale' or 'shift', not {step!r}.")
+            polys = [program(_Polynomial({0: float(x)}), r) for program in self._programs]
+            self._linear[key] = _max_of_polynomials(polys)
+        return self._linear[key]
+
+
+class _Polynomial:
+    """A polynomial in one variable (exponent -> coefficient), closed under the kernel graph's operations:
+    sums of polynomials and products with floats."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict[int, float]):
+        self.terms = terms
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)):
+            other = _Polynomial({0: float(other)} if other else {})
+        terms = dict(self.terms)
+        for e, c in other.terms.items():
+            terms[e] = terms.get(e, 0.0) + c
+        return _Polynomial(terms)
+
+    __radd__ = __add__
+
+    def __mul__(self, w: float):
+        return _Polynomial({e: w * c for e, c in self.terms.items()} if w else {})
+
+    __rmul__ = __mul__
+
+
+def _max_of_polynomials(polys: list[_Polynomial]) -> Callable[[float], float]:
+    forms = [sorted((e, c) for e, c in p.terms.items() if c != 0.0) for p in polys]
+
+    if max(len(form) for form in forms) > 16:  # residual networks: one term per path length
+        import numpy as np  # pylint: disable=g-import-not-at-top
+
+        arrays = [(np.array([e for e, _ in form], np.float64), np.array([c for _, c in form]))
+                  for form in forms]
+        return lambda t: max(float(coefs @ np.power(t, exps)) for exps, coefs in arrays)
+    return lambda t: max(sum(c * t**e for e, c in form) if form else 0.0 for form in forms)
 
 
 def compile_graph(node: Node) -> Callable[[float, ScalarMap], float]:

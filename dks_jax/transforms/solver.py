@@ -172,7 +172,8 @@ def local_c_slope_target(subnet_max: SubnetMaxFunc | None, zeta: float,
     memo = ("slope", zeta, tol)
     if max_slope_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
         return subnet_max.found[memo]
-    fn = max_slope_func or (lambda s: subnet_max(1.0, lambda y: s * y))
+    fn = max_slope_func or _linear_search(subnet_max, 1.0, "scale") or (
+        lambda s: subnet_max(1.0, lambda y: s * y))
     if fn(4.0) <= fn(1.0) + 1e-12:
         raise SolverError("DKS: the network's maximal C'(1) does not grow with the local slope; it has no "
                           "nonlinear layers, so there is nothing to shape.")
@@ -189,7 +190,8 @@ def local_c_curv_target(subnet_max: SubnetMaxFunc | None, tau: float,
     memo = ("curv", tau, tol)
     if max_curv_func is None and isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
         return subnet_max.found[memo]
-    fn = max_curv_func or (lambda k: subnet_max(0.0, lambda y: k + y))
+    fn = max_curv_func or _linear_search(subnet_max, 0.0, "shift") or (
+        lambda k: subnet_max(0.0, lambda y: k + y))
     if fn(1.0) <= fn(0.0) + 1e-12:
         raise SolverError("TAT: the network's maximal C''(1) does not grow with the local curvature; it "
                           "has no nonlinear layers, so there is nothing to shape.")
@@ -197,6 +199,13 @@ def local_c_curv_target(subnet_max: SubnetMaxFunc | None, tau: float,
     if max_curv_func is None and isinstance(subnet_max, _NetworkSearches):
         subnet_max.found[memo] = k
     return k
+
+
+def _linear_search(subnet_max: SubnetMaxFunc | None, x: float,
+                   step: str) -> Callable[[float], float] | None:
+    """``M(x, y -> t y)`` or ``M(x, y -> t + y)`` in closed form when ``M`` is a network's (else None)."""
+    linear = getattr(subnet_max, "linear", None)
+    return linear(x, step) if linear is not None else None
 
 
 def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float = SEARCH_TOL) -> float:
@@ -209,7 +218,7 @@ def leaky_relu_negative_slope(subnet_max: SubnetMaxFunc, eta: float, tol: float 
     memo = ("c0", eta, tol)
     if isinstance(subnet_max, _NetworkSearches) and memo in subnet_max.found:
         return subnet_max.found[memo]
-    c0 = lambda a: subnet_max(0.0, lambda c: local_maps.leaky_relu_c_map(c, a))
+    c0 = lambda a: subnet_max(0.0, local_maps.leaky_relu_c_map_fn(a))
     reachable = c0(0.0)
     if not eta < reachable - tol:
         plain_depth = _plain_relu_depth_reaching(eta)
@@ -930,6 +939,9 @@ class _NetworkSearches:
 
     def __call__(self, x: float, r: ScalarMap) -> float:
         return self._m(x, r)
+
+    def linear(self, x: float, step: str) -> Callable[[float], float]:
+        return self._m.linear(x, step)
 
 
 @functools.lru_cache(maxsize=256)
