@@ -248,6 +248,10 @@ def test_linear_search_closed_forms_against_hand_counts():
     for s, expected in ((1.02, 1.02**6), (3.0, 0.64 * 3.0**2 + 0.36 * 3.0**7)):
         assert m.linear(1.0, "scale")(s) == pytest.approx(
             max(0.64 * s**2 + 0.36 * s**7, s**6), rel=1e-15) == expected
+    deep = g.subnet_max_func(layouts.plain_stack(10000))  # 1.1 ** 10000 overflows, as the graph's products do
+    assert deep.linear(1.0, "scale")(1.1) == math.inf == deep(1.0, lambda y: 1.1 * y)
+    wide = g.subnet_max_func(layouts.resnet(152, 10, shortcut_weight=0.9))  # many terms: the NumPy path
+    assert wide.linear(1.0, "scale")(1e3) == math.inf == wide(1.0, lambda y: 1e3 * y)
     with pytest.raises(ValueError, match="'scale' or 'shift'"):
         m.linear(1.0, "power")
     bn = g.subnet_max_func(layouts.resnet(18, 10, shortcut_weight=None, use_batch_norm=True))

@@ -44,6 +44,12 @@ def test_published_eta_sweep_at_depth_101():
         assert round(act.as_dict()["negative_slope"], digits) == pytest.approx(slope, abs=1e-12)
 
 
+def test_dks_local_slope_of_a_10000_layer_net():
+    # The search doubles its guess through values whose 10000th power overflows.
+    s = solver.local_c_slope_target(solver.network_subnet_max(layouts.plain_stack(10000)), 1.5)
+    assert s == pytest.approx(1.5 ** (1 / 10000), rel=1e-12)
+
+
 @pytest.mark.parametrize("layers", sorted(PUBLISHED_DKS_SLOPES))
 def test_published_dks_local_slopes(layers):
     s = solver.local_c_slope_target(g.subnet_max_func(layouts.plain_stack(layers)), 1.5)

@@ -416,7 +416,8 @@ def subnet_max_func(node: Node) -> "SubnetMax":
       node: The network's layer specification.
 
     Returns:
-      ``M`` as a Python function of a float and a scalar map.
+      ``M`` as a Python function of a float and a scalar map (a ``SubnetMax``, which also has ``M``'s
+      closed forms for the solvers' linear searches).
     """
     validate(node)
     return SubnetMax([compile_graph(node)] + [compile_graph(sub) for sub in subnetworks(node)])
@@ -485,15 +486,28 @@ class _Polynomial:
 
 
 def _max_of_polynomials(polys: list[_Polynomial]) -> Callable[[float], float]:
+    """The maximum of the polynomials as a function of a float (``inf`` where one overflows, as running
+    the graph gives)."""
     forms = [sorted((e, c) for e, c in p.terms.items() if c != 0.0) for p in polys]
-
     if max(len(form) for form in forms) > 16:  # residual networks: one term per path length
         import numpy as np  # pylint: disable=g-import-not-at-top
 
         arrays = [(np.array([e for e, _ in form], np.float64), np.array([c for _, c in form]))
                   for form in forms]
-        return lambda t: max(float(coefs @ np.power(t, exps)) for exps, coefs in arrays)
-    return lambda t: max(sum(c * t**e for e, c in form) if form else 0.0 for form in forms)
+
+        def vectorized(t: float) -> float:
+            with np.errstate(over="ignore"):
+                return max(float(coefs @ np.power(t, exps)) for exps, coefs in arrays)
+
+        return vectorized
+
+    def value(form: list[tuple[int, float]], t: float) -> float:
+        try:
+            return sum(c * t**e for e, c in form)
+        except OverflowError:  # float ** int raises where repeated products reach inf
+            return math.inf
+
+    return lambda t: max(value(form, t) for form in forms)
 
 
 def compile_graph(node: Node) -> Callable[[float, ScalarMap], float]:
