@@ -175,6 +175,9 @@ SCHEMA: tuple[Field, ...] = (
           resumable=True),
     Field("validation_fraction", 0.0, "fraction of the train split held out as the validation split "
           "(periodic evaluation and sweeps then use it; 0 = none)", in_range(0.0, 1.0)),
+    Field("validation_fold", 0, "which disjoint held-out slice of that size is the validation split "
+          "(k-fold cross-validation: fraction 1/k, folds 0..k-1; a sweep averages over it like seeds)",
+          at_least(0)),
     Field("augment", True, "the dataset's standard training augmentation (crops/flips) on or off"),
     Field("normalize", "meanstd", "input normalization: per-channel mean/std, or 'unit' ([0, 1])",
           one_of(["meanstd", "unit"])),

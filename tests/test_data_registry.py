@@ -77,6 +77,33 @@ def test_validation_holdout_is_deterministic_and_disjoint():
     assert sorted(rows(train) + rows(val)) == rows(full)
 
 
+def test_validation_folds_partition_the_train_split():
+    kw = dict(num_examples=103, image_shape=(4, 4, 1))
+    full = data.get_dataset("synthetic", "train", **kw)
+    key = lambda ds: sorted(r.tobytes() + bytes([l]) for r, l in zip(ds.images, ds.labels))
+    # Fold 0 is the holdout the split has always had (the first 21 of the fixed permutation).
+    np.testing.assert_array_equal(
+        data.get_dataset("synthetic", "validation", validation_size=0.2, validation_fold=0, **kw).images,
+        data.get_dataset("synthetic", "validation", validation_size=0.2, **kw).images)
+    held = []
+    for fold in range(5):
+        val = data.get_dataset("synthetic", "validation", validation_size=0.2, validation_fold=fold, **kw)
+        train = data.get_dataset("synthetic", "train", validation_size=0.2, validation_fold=fold, **kw)
+        assert (len(train), len(val)) == (82, 21)
+        assert sorted(key(train) + key(val)) == key(full)
+        held += key(val)
+    # 5 folds of 21 in 103 examples: every example is held out, the last fold overlaps the 4th by 2.
+    assert len(set(held)) == 103 and len(held) == 105
+    # A count that does not divide the split: 5 folds of 20 (the last starts at 83 of 103).
+    held = [key(data.get_dataset("synthetic", "validation", validation_size=20, validation_fold=f, **kw))
+            for f in range(5)]
+    assert len(set().union(*held)) == 100 and len(set(held[3]) & set(held[4])) == 0
+    assert [dataset_lib.num_folds(v, n) for v, n in ((20, 103), (0.2, 103), (0.2, 1438), (0.3, 100),
+                                                     (0.45, 100))] == [5, 5, 5, 3, 2]
+    with pytest.raises(ValueError, match="validation fold 5 does not exist.*folds 0..4"):
+        data.get_dataset("synthetic", "validation", validation_size=0.2, validation_fold=5, **kw)
+
+
 def test_validation_needs_a_holdout_size():
     with pytest.raises(ValueError, match="validation_size > 0"):
         data.get_dataset("digits", "validation")

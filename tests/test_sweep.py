@@ -66,6 +66,20 @@ def test_seeds_are_averaged_not_picked():
                          for lr in (1, 2)])[0] == 0
 
 
+def test_validation_folds_are_averaged_like_seeds():
+    # Cross-validation: lr=1 wins on fold 0 alone, lr=2 on the mean over the 3 folds x 2 seeds.
+    acc = {1: [0.99, 0.90, 0.91], 2: [0.97, 0.96, 0.95]}
+    results = [_result({"lr": lr, "validation_fold": f, "seed": s}, validation_accuracy=acc[lr][f] + s / 1000,
+                       validation_loss=0.1) for lr in acc for f in range(3) for s in (0, 1)]
+    chosen, why = sweep.select(results)
+    assert results[chosen].point["lr"] == 2
+    assert why.startswith("highest mean validation accuracy 0.9605 over 6 runs (seeds x validation folds)")
+    assert sweep.select([r for r in results if r.point["validation_fold"] == 0])[1].startswith(
+        "highest mean validation accuracy 0.9905 over 2 runs")
+    results[-1] = _result(results[-1].point, "diverged", validation_accuracy=None)
+    assert "not usable at every seed and fold" in sweep.select(results)[1]
+
+
 def test_at_chance_runs_are_not_usable():
     row = sweep._classify({}, REPO, {"status": "completed", "validation_accuracy": 0.11,
                                       "chance_accuracy": 0.1})

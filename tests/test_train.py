@@ -412,3 +412,24 @@ def test_default_settings_are_a_point_of_their_sweep_grid(optimizer):
         assert value in values, field
     with pytest.raises(configlib.ConfigError, match="optimizer='adagrad' must be one of kfac, sgd"):
         module.get_config("optimizer=adagrad")
+
+
+def test_validation_fold_selects_a_disjoint_held_out_slice():
+    from dks_jax.train import tasks  # pylint: disable=g-import-not-at-top
+
+    config = load_config("default.py:tiny,optimizer=sgd")
+    config.validation_fraction = 0.2
+    key = lambda ds: {r.tobytes() for r in ds.images}
+    folds = []
+    for fold in range(5):
+        config.validation_fold = fold
+        splits = tasks.load_datasets(config)
+        assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (1150, 288, 359)
+        folds.append(key(splits["validation"]))
+    assert len(set().union(*folds)) >= 1430  # 5 slices of 288 cover (nearly) all 1,438 (duplicate images aside)
+    config.validation_fold = 5
+    with pytest.raises(configlib.ConfigError, match=r"config.validation_fold=5 with config.validation_fraction=0.2: .*folds 0..4"):
+        tasks.load_datasets(config)
+    config.validation_fraction, config.validation_fold = 0.0, 1
+    with pytest.raises(configlib.ConfigError, match="config.validation_fold=1 needs .*validation_fraction"):
+        tasks.load_datasets(config)

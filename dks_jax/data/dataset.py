@@ -205,25 +205,45 @@ def holdout_size(validation_size: int | float, num_examples: int) -> int:
     return size
 
 
-def split_holdout(train: Dataset, validation_size: int | float) -> tuple[Dataset, Dataset | None]:
+def num_folds(validation_size: int | float, num_examples: int) -> int:
+    """How many holdouts of this size the train split has (the valid folds are 0..n-1): the number of
+    times the size fits, rounded to the nearest (a fraction 1/k gives k)."""
+    size = holdout_size(validation_size, num_examples)
+    return int(num_examples / size + 0.5) if size else 0
+
+
+def split_holdout(train: Dataset, validation_size: int | float,
+                  fold: int = 0) -> tuple[Dataset, Dataset | None]:
     """Carves a deterministic validation set out of a train split.
 
-    The held-out examples are the first `k` entries of a permutation drawn with
-    the fixed `HOLDOUT_SEED`, so the same examples are held out in every run and
-    on every host. Both parts keep the original example order.
+    The held-out examples are ``k`` consecutive entries of a permutation drawn with the fixed
+    `HOLDOUT_SEED`, so the same examples are held out in every run and on every host: fold ``f`` starts
+    at entry ``f * k`` (the last fold ends at the permutation's end instead, so where ``k`` does not
+    divide the split it overlaps the fold before by less than half a fold). This is k-fold
+    cross-validation: with a fraction 1/n, folds 0..n-1 hold out every example. Fold 0 is the first
+    ``k`` entries. Both parts keep the original example order.
 
     Args:
         train: The full train split.
         validation_size: Count or fraction to hold out (see `holdout_size`).
+        fold: Which of the disjoint holdouts of that size.
 
     Returns:
         (train minus the holdout, the holdout), or (train, None) when the holdout
         is empty.
+
+    Raises:
+        ValueError: ``fold`` outside ``[0, num_folds)``.
     """
     size = holdout_size(validation_size, len(train))
     if size == 0:
         return train, None
+    folds = num_folds(validation_size, len(train))
+    if not 0 <= fold < folds:
+        raise ValueError(f"validation fold {fold} does not exist: holding out {size} of {len(train)} "
+                         f"training examples gives folds 0..{folds - 1}")
     permutation = np.random.default_rng(HOLDOUT_SEED).permutation(len(train))
-    held = np.sort(permutation[:size])
-    kept = np.sort(permutation[size:])
+    start = min(fold * size, len(train) - size)
+    held = np.sort(permutation[start:start + size])
+    kept = np.sort(np.concatenate([permutation[:start], permutation[start + size:]]))
     return train.subset(kept, split="train"), train.subset(held, split="validation")

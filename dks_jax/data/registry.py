@@ -84,6 +84,7 @@ def get_loader(name: str) -> Loader:
 def get_dataset(name: str, split: str = "train", *,
                 data_dir: str | os.PathLike | None = None,
                 validation_size: int | float = 0,
+                validation_fold: int = 0,
                 **loader_kwargs: Any) -> dataset_lib.Dataset:
     """Loads one split of a registered dataset.
 
@@ -95,6 +96,8 @@ def get_dataset(name: str, split: str = "train", *,
         validation_size: Examples held out of 'train' as the 'validation' split:
             a count, or a fraction in [0, 1). With 0 (the default) 'train' is the
             whole train split and asking for 'validation' is an error.
+        validation_fold: Which of the disjoint holdouts of that size (k-fold
+            cross-validation; `dataset.split_holdout`).
         **loader_kwargs: Passed to the loader (e.g. `cache_dir` for cifar10,
             `num_examples` for synthetic).
 
@@ -124,5 +127,5 @@ def get_dataset(name: str, split: str = "train", *,
         raise ValueError(f"split='validation' of '{name}' needs validation_size > 0 "
                          "(a count or fraction held out of the train split)")
     train, held_out = dataset_lib.split_holdout(loader("train", data_dir, **loader_kwargs),
-                                                validation_size)
+                                                validation_size, validation_fold)
     return held_out if split == "validation" else train

@@ -4,8 +4,10 @@
 3e-3], "seed": [0, 1]}``) in ``workdir/<point>/`` (points that already finished are not rerun), ``parallel``
 at a time in worker processes, and chooses the best point on the *validation* split held out of the
 training set (``config.validation_fraction``; the sweep holds out 10% when the config holds out nothing):
-the highest validation accuracy, ties broken by the lower validation loss; with a ``seed`` axis, the
-setting with the best mean over its seeds (among those that trained at every seed). The test split is
+the highest validation accuracy, ties broken by the lower validation loss; with a ``seed`` axis (and/or a
+``validation_fold`` axis: k-fold cross-validation, for training sets so small that one held-out split
+ranks settings by one or two examples), the setting with the best mean over them (among those that
+trained at every seed and fold). The test split is
 evaluated and reported, never used to choose. A point that fails, diverges or ends at chance is a row
 with its reason.
 ``sweep.md`` and ``sweep.json`` in ``workdir`` list every point, the chosen one and why.
@@ -218,9 +220,13 @@ class SweepResult:
         return None if self.chosen is None else self.results[self.chosen]
 
 
+# Axes that repeat a setting rather than change it: a setting is ranked by its mean over them.
+REPLICATE_AXES = ("seed", "validation_fold")
+
+
 def _settings_point(point: Mapping[str, Any]) -> dict[str, Any]:
-    """A point without its seed: the setting that seeds repeat."""
-    return {k: v for k, v in point.items() if k != "seed"}
+    """A point without its seed and validation fold: the setting that they repeat."""
+    return {k: v for k, v in point.items() if k not in REPLICATE_AXES}
 
 
 def _settings(point: Mapping[str, Any]) -> tuple:
@@ -242,6 +248,8 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
     for i, r in enumerate(results):
         groups.setdefault(_settings(r.point), []).append(i)
     seeded = any(len(members) > 1 for members in groups.values())
+    folded = any("validation_fold" in r.point for r in results)
+    every = "every seed and fold" if folded else "every seed"
     ok = lambda i: results[i].usable and math.isfinite(results[i].metric(metric))
     usable = [members for members in groups.values() if all(ok(i) for i in members)]
     if not usable:
@@ -251,7 +259,7 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
 
         reasons = "; ".join(f"{point_name(r.point)}: {r.status}{why(r)}"
                             for i, r in enumerate(results) if not seeded or not ok(i))
-        return None, (f"no setting trained at every seed ({reasons})." if seeded else
+        return None, (f"no setting trained at {every} ({reasons})." if seeded else
                       f"no point is usable ({reasons}).")
     higher = metric.endswith("accuracy")
     tie = "validation_loss" if higher else "validation_accuracy"
@@ -274,14 +282,14 @@ def select(results: Sequence[PointResult], metric: str = "validation_accuracy") 
     label = f"{'highest' if higher else 'lowest'} {'mean ' if seeded else ''}{metric.replace('_', ' ')}"
     text = f"{label} {mean(best, metric):.4f}"
     if seeded:
-        text += f" over {len(best)} seeds"
+        text += f" over {len(best)} {'runs (seeds x validation folds)' if folded else 'seeds'}"
     if len(ranked) > 1:
         runner = ranked[1]
         where = name(runner) if seeded else point_name(results[runner[0]].point)
         text += f" (next: {mean(runner, metric):.4f} at {where}; ties broken by {tie.replace('_', ' ')})"
     skipped = len(groups) - len(usable)
     if skipped:
-        text += (f"; {skipped} of {len(groups)} settings not usable at every seed (failed, diverged or at "
+        text += (f"; {skipped} of {len(groups)} settings not usable at {every} (failed, diverged or at "
                  "chance)" if seeded else
                  f"; {skipped} of {len(results)} points not usable (failed, diverged or at chance)")
     return best[0], text + "."

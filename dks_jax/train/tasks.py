@@ -169,19 +169,28 @@ def load_datasets(config: Any) -> dict[str, Any]:
       configlib.ConfigError: ``validation_fraction`` set for a dataset with its own validation split.
     """
     data_dir = config.data_dir or None
-    val = float(config.validation_fraction)
+    val, fold = float(config.validation_fraction), int(config.validation_fold)
     native = has_native_validation(config.dataset)
     if native and val:
         raise configlib.ConfigError(
             f"config.validation_fraction={val:g}: {config.dataset!r} ships its own validation split "
             "(nothing is held out of its train split); set it to 0.")
-    datasets = {"train": data_lib.get_dataset(config.dataset, "train", data_dir=data_dir,
-                                              validation_size=val)}
+    if fold and not val:
+        raise configlib.ConfigError(
+            f"config.validation_fold={fold} needs a held-out validation split: set "
+            "config.validation_fraction (e.g. 0.2 for 5 folds, 0..4).")
+    held_out = dict(validation_size=val, validation_fold=fold) if val else {}
+    try:
+        datasets = {"train": data_lib.get_dataset(config.dataset, "train", data_dir=data_dir, **held_out)}
+    except ValueError as err:
+        if "validation fold" not in str(err):
+            raise
+        raise configlib.ConfigError(f"config.validation_fold={fold} with config.validation_fraction="
+                                    f"{val:g}: {err}.") from err
     # Periodic evaluations use the validation split when there is one (so nothing is ever chosen on the
     # test split); the final evaluation covers every split.
     for split in (["validation"] if val > 0 or native else []) + ["test"]:
-        datasets[split] = data_lib.get_dataset(config.dataset, split, data_dir=data_dir,
-                                               validation_size=val)
+        datasets[split] = data_lib.get_dataset(config.dataset, split, data_dir=data_dir, **held_out)
     return datasets
 
 
