@@ -26,10 +26,15 @@ BN_SGD_LEARNING_RATE = 0.01
 # K-FAC damping, chosen with the rate on 10% of the training set held out, 2 epochs of the default
 # (TAT Leaky ReLU 50 x 256): validation accuracy 0.9710 / 0.9745 / 0.9735 for damping 0.1 / 0.3 / 1 at
 # rate 0.01, 0.9663 / 0.9710 / 0.9717 at rate 0.03 (one seed). On the full training split it reaches
-# 97.64 / 97.50 / 97.42% test accuracy (seeds 0 / 1 / 2, 127-137 s each on 2 cores), against SGD's 96.85%.
+# 97.64 / 97.50 / 97.42% test accuracy (seeds 0 / 1 / 2, 127-137 s each on 2 cores), against SGD's 96.85%
+# (97.60 / 97.86 / 97.57% with the label smoothing below).
 # With the ImageNet setting (1e-3) the small-batch curvature estimates make updates blow up within the
 # first epoch.
 KFAC_DAMPING = 0.3
+# K-FAC's label smoothing, chosen after the damping on the same held-out 10% (rate 0.01, damping 0.3):
+# validation accuracy 0.9758 against 0.9745 without. Test accuracy on the full training split 97.60 /
+# 97.86 / 97.57% (seeds 0 / 1 / 2, 128-136 s each; without label smoothing 97.64 / 97.50 / 97.42%).
+KFAC_LABEL_SMOOTHING = 0.1
 
 
 def get_config(arg: str = ""):
@@ -53,6 +58,8 @@ def get_config(arg: str = ""):
     if o["arch"] == "resnet_bn" and o["optimizer"] == "sgd":
         c.learning_rate = BN_SGD_LEARNING_RATE
     c.optimizer.kfac.damping = KFAC_DAMPING
+    if o["optimizer"] == "kfac":
+        c.label_smoothing = KFAC_LABEL_SMOOTHING
     c.schedule.name = "cosine"
     c.schedule.warmup_epochs = 0.2
     c.weight_decay = 1e-5
