@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from configs import mnist as mnist_config
+from dks_jax import data as data_lib
 from experiments import tables
 
 KFAC_DAMPING = mnist_config.KFAC_DAMPING
@@ -531,7 +532,6 @@ def cifar10_quick_depth(workdir: Path, quick: bool) -> tables.TableResult:
 # K-FAC against SGD over the first epochs of the vanilla TAT ResNet-18 shape (issue: K-FAC's per-epoch
 # progress). Each optimizer at the setting the quick table chose for this row on validation (SGD: rate
 # 0.01 of 0.003 / 0.01 / 0.03; K-FAC: rate 0.01 and damping 0.1 of 0.01 / 0.1 x 0.1 / 1).
-CIFAR10_TRAIN_IMAGES = 50000
 PROGRESS_SETTINGS = {"sgd": {"learning_rate": 0.01},
                      "kfac": {"learning_rate": 0.01, "optimizer.kfac.damping": 0.1}}
 
@@ -542,7 +542,8 @@ def progress_config(optimizer: str, num_epochs: float, width: float = 0.25, batc
 
     c = _cifar_config_fn(width=width, num_epochs=num_epochs, batch_size=batch_size)(18, CIFAR_METHODS[0], optimizer)
     configlib.set_fields(c, PROGRESS_SETTINGS[optimizer])
-    steps_per_epoch = round(CIFAR10_TRAIN_IMAGES * (1 - c.validation_fraction)) // batch_size
+    steps_per_epoch = data_lib.steps_per_epoch(
+        data_lib.num_train_examples(c.dataset, validation_size=c.validation_fraction), batch_size)
     c.eval_every_steps = c.checkpoint_every_steps = -(-steps_per_epoch // 2)  # ceil: the last is the end
     return c
 

@@ -100,7 +100,7 @@ def test_validation_folds_partition_the_train_split():
     assert len(set().union(*held)) == 100 and len(set(held[3]) & set(held[4])) == 0
     assert [dataset_lib.num_folds(v, n) for v, n in ((20, 103), (0.2, 103), (0.2, 1438), (0.3, 100),
                                                      (0.45, 100))] == [5, 5, 5, 3, 2]
-    with pytest.raises(ValueError, match="validation fold 5 does not exist.*folds 0..4"):
+    with pytest.raises(data.ValidationFoldError, match="validation fold 5 does not exist.*folds 0..4"):
         data.get_dataset("synthetic", "validation", validation_size=0.2, validation_fold=5, **kw)
 
 

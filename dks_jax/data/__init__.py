@@ -33,6 +33,7 @@ from dks_jax.data.dataset import Dataset
 from dks_jax.data.dataset import SourceDataset
 from dks_jax.data.errors import DatasetNotFoundError
 from dks_jax.data.errors import MalformedDatasetError
+from dks_jax.data.errors import ValidationFoldError
 from dks_jax.data.idx import read_idx
 from dks_jax.data.normalize import Normalization
 from dks_jax.data.normalize import normalize_images

@@ -8,6 +8,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from dks_jax.data.errors import ValidationFoldError
+
 # Fixed, independent of any training seed, so the validation set never changes
 # between runs that use different seeds.
 HOLDOUT_SEED = 20211004
@@ -233,14 +235,14 @@ def split_holdout(train: Dataset, validation_size: int | float,
         is empty.
 
     Raises:
-        ValueError: ``fold`` outside ``[0, num_folds)``.
+        ValidationFoldError: ``fold`` outside ``[0, num_folds)``.
     """
     size = holdout_size(validation_size, len(train))
     if size == 0:
         return train, None
     folds = num_folds(validation_size, len(train))
     if not 0 <= fold < folds:
-        raise ValueError(f"validation fold {fold} does not exist: holding out {size} of {len(train)} "
+        raise ValidationFoldError(f"validation fold {fold} does not exist: holding out {size} of {len(train)} "
                          f"training examples gives folds 0..{folds - 1}")
     permutation = np.random.default_rng(HOLDOUT_SEED).permutation(len(train))
     start = min(fold * size, len(train) - size)

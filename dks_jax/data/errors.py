@@ -35,5 +35,9 @@ class DatasetNotFoundError(FileNotFoundError):
         super().__init__("\n".join(lines))
 
 
+class ValidationFoldError(ValueError):
+    """A validation fold asked for that the held-out size does not give (``dataset.split_holdout``)."""
+
+
 class MalformedDatasetError(ValueError):
     """A dataset file exists but its content does not match the expected format."""

@@ -182,9 +182,7 @@ def load_datasets(config: Any) -> dict[str, Any]:
     held_out = dict(validation_size=val, validation_fold=fold) if val else {}
     try:
         datasets = {"train": data_lib.get_dataset(config.dataset, "train", data_dir=data_dir, **held_out)}
-    except ValueError as err:
-        if "validation fold" not in str(err):
-            raise
+    except data_lib.ValidationFoldError as err:
         raise configlib.ConfigError(f"config.validation_fold={fold} with config.validation_fraction="
                                     f"{val:g}: {err}.") from err
     # Periodic evaluations use the validation split when there is one (so nothing is ever chosen on the
